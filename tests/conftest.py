@@ -1,0 +1,14 @@
+"""Test-wide JAX set-up: 4 simulated CPU devices and the persistent compilation cache.
+
+Both must be configured before JAX initialises its backends, which is why they live here.
+"""
+import os
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 4)
+_CACHE = os.environ.get("DMC_JAX_TEST_CACHE",
+                        os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
