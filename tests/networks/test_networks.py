@@ -1,0 +1,137 @@
+"""Shapes, invariants and bad-input errors of the denoisers; LoRA."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import absltest, parameterized
+
+from dmc_jax import networks
+from dmc_jax.networks import lora as lora_lib
+from dmc_jax.networks.embeddings import CondEmbedding
+
+
+def _tiny(name):
+  if name == "mlp":
+    return networks.MLPDenoiser(hidden_dim=16, num_blocks=2, block_width=32, time_dim=8,
+                                cond_dim=8), (3, 4, 2)
+  if name == "unet":
+    return networks.TemporalUnet(dim=8, dim_mults=(1, 2), kernel_size=3, attention=True), (3, 8, 5)
+  return networks.DiT1D(d_model=16, num_heads=2, depth=1), (3, 4, 2)
+
+
+class NetworkTest(parameterized.TestCase):
+
+  @parameterized.parameters("mlp", "unet", "dit")
+  def test_shapes_and_condition(self, name):
+    net, shape = _tiny(name)
+    x = jax.random.normal(jax.random.key(0), shape)
+    t = jnp.array([0.1, 0.5, 0.9])
+    cond = jax.random.normal(jax.random.key(1), (3, 7))
+    params = net.init(jax.random.key(2), x, t, cond)["params"]
+    fn = networks.make_denoise_fn(net)
+    if name == "dit":  # adaLN-Zero: a fresh DiT outputs exactly 0; give it some weights
+      params = jax.tree.map(lambda p: p + 0.05 * jnp.ones_like(p), params)
+    y = fn(params, x, t, cond)
+    self.assertEqual(y.shape, shape)
+    self.assertEqual(y.dtype, jnp.float32)
+    # The condition is used ...
+    y2 = fn(params, x, t, cond + 1.0)
+    self.assertGreater(float(jnp.abs(y - y2).max()), 1e-5)
+    # ... and dropping it (cond_mask = 0) makes the output independent of it.
+    drop = jnp.zeros((3,))
+    np.testing.assert_allclose(fn(params, x, t, cond, drop), fn(params, x, t, cond + 1.0, drop),
+                               atol=1e-6)
+    # jit and eager agree
+    np.testing.assert_allclose(jax.jit(fn)(params, x, t, cond), y, rtol=1e-5, atol=1e-5)
+
+  def test_dit_adaln_zero_starts_at_zero(self):
+    net, shape = _tiny("dit")
+    x = jax.random.normal(jax.random.key(0), shape)
+    params = net.init(jax.random.key(2), x, jnp.ones(3))["params"]
+    np.testing.assert_array_equal(net.apply({"params": params}, x, jnp.ones(3)), 0.0)
+
+  def test_unet_horizon_error(self):
+    net = networks.TemporalUnet(dim=8, dim_mults=(1, 2, 4, 8))
+    with self.assertRaisesRegex(ValueError, r"horizon=12.*multiple of 8"):
+      net.init(jax.random.key(0), jnp.zeros((1, 12, 3)), jnp.zeros((1,)))
+
+  def test_unet_is_translation_equivariant_free_of_batch_mixing(self):
+    """Each batch row is processed independently (GroupNorm is per sample)."""
+    net, shape = _tiny("unet")
+    x = jax.random.normal(jax.random.key(0), shape)
+    params = net.init(jax.random.key(1), x, jnp.ones(3))["params"]
+    full = net.apply({"params": params}, x, jnp.ones(3))
+    one = net.apply({"params": params}, x[:1], jnp.ones(1))
+    np.testing.assert_allclose(full[:1], one, rtol=1e-5, atol=1e-5)
+
+  def test_cond_embedding_null(self):
+    emb = CondEmbedding(4)
+    c = jnp.ones((2, 3))
+    p = emb.init(jax.random.key(0), c)["params"]
+    out = emb.apply({"params": p}, c, jnp.array([1.0, 0.0]))
+    np.testing.assert_array_equal(out[1], p["null"])
+
+
+class LoRATest(parameterized.TestCase):
+
+  @parameterized.parameters("mlp", "unet", "dit")
+  def test_fresh_adapter_leaves_output_unchanged(self, name):
+    net, shape = _tiny(name)
+    x = jax.random.normal(jax.random.key(0), shape)
+    t = jnp.full((3,), 0.3)
+    base = net.init(jax.random.key(1), x, t)["params"]
+    base = jax.tree.map(lambda p: p + 0.05, base)
+    filt = lora_lib.all_kernels if name == "unet" else lora_lib.dense_kernels
+    ad = lora_lib.init_lora(jax.random.key(2), base, rank=2, filter_fn=filt)
+    fn = networks.make_denoise_fn(net)
+    lfn = lora_lib.make_lora_denoise_fn(fn, scale=2.0)
+    np.testing.assert_array_equal(lfn(lora_lib.LoRAParams(base, ad), x, t, None),
+                                  fn(base, x, t, None))
+
+  def test_only_adapters_train_and_merge_exports(self):
+    net, shape = _tiny("mlp")
+    x = jax.random.normal(jax.random.key(0), shape)
+    t = jnp.full((3,), 0.3)
+    base = net.init(jax.random.key(1), x, t)["params"]
+    ad = lora_lib.init_lora(jax.random.key(2), base, rank=2)
+    scale = lora_lib.lora_scale(2, alpha=4.0)
+    self.assertEqual(scale, 2.0)
+    lfn = lora_lib.make_lora_denoise_fn(networks.make_denoise_fn(net), scale)
+
+    def loss(adapters):
+      return jnp.mean((lfn(lora_lib.LoRAParams(base, adapters), x, t, None) - 1.0) ** 2)
+
+    opt = optax.adam(1e-2)
+    state = opt.init(ad)
+    for _ in range(20):
+      g = jax.grad(loss)(ad)
+      upd, state = opt.update(g, state, ad)
+      ad = optax.apply_updates(ad, upd)
+    self.assertLess(float(loss(ad)), float(loss(lora_lib.init_lora(jax.random.key(2), base, 2))))
+    # Only adapters are optimised; every selected Dense kernel has one, nothing else does.
+    flat = jax.tree_util.tree_flatten_with_path(ad)[0]
+    self.assertTrue(all(str(p[-1].key) in ("a", "b") for p, _ in flat))
+    n_dense = sum(1 for p, l in jax.tree_util.tree_flatten_with_path(base)[0]
+                  if p[-1].key == "kernel" and l.ndim == 2)
+    self.assertEqual(len(flat), 2 * n_dense)
+    # Export: merged weights reproduce the adapted model; the reference is untouched.
+    merged = lora_lib.merge_lora(base, ad, scale)
+    np.testing.assert_allclose(net.apply({"params": merged}, x, t),
+                               lfn(lora_lib.LoRAParams(base, ad), x, t, None), rtol=1e-5, atol=1e-6)
+    self.assertGreater(float(jnp.abs(net.apply({"params": merged}, x, t) -
+                                     net.apply({"params": base}, x, t)).max()), 1e-3)
+    # Hand-check one kernel: W + scale * a @ b.
+    path = ("Dense_0", "kernel")
+    np.testing.assert_allclose(merged[path[0]][path[1]], base[path[0]][path[1]] + scale *
+                               ad[path[0]][path[1]]["a"] @ ad[path[0]][path[1]]["b"], rtol=1e-6)
+
+  def test_bad_rank_and_unknown_path(self):
+    with self.assertRaisesRegex(ValueError, "rank must be >= 1"):
+      lora_lib.init_lora(jax.random.key(0), {"Dense_0": {"kernel": jnp.ones((2, 2))}}, 0)
+    with self.assertRaisesRegex(ValueError, "no matching kernel"):
+      lora_lib.merge_lora({"a": {"kernel": jnp.ones((2, 2))}},
+                          {"b": {"kernel": {"a": jnp.ones((2, 1)), "b": jnp.ones((1, 2))}}})
+
+
+if __name__ == "__main__":
+  absltest.main()
