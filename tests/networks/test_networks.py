@@ -135,3 +135,30 @@ class LoRATest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class ConvTest(parameterized.TestCase):
+  """The matmul convolutions against XLA's convolution (second implementation)."""
+
+  @parameterized.parameters((5, 1, 8), (3, 2, 8), (5, 1, 4), (3, 2, 5), (1, 1, 6))
+  def test_conv1d_matches_lax(self, k, stride, h):
+    from dmc_jax.networks.temporal_unet import Conv1d
+    x = jax.random.normal(jax.random.key(0), (2, h, 3))
+    mod = Conv1d(4, k, stride=stride)
+    p = mod.init(jax.random.key(1), x)["params"]
+    pad = (k - 1) // 2
+    ref = jax.lax.conv_general_dilated(x, p["kernel"], (stride,), ((pad, k - 1 - pad),),
+                                       dimension_numbers=("NWC", "WIO", "NWC")) + p["bias"]
+    np.testing.assert_allclose(mod.apply({"params": p}, x), ref, rtol=1e-5, atol=1e-5)
+
+  def test_upsample_matches_transposed_conv(self):
+    """PyTorch ConvTranspose1d(k=4, s=2, p=1) == dilate input by 2, pad k-1-p=2, flip kernel."""
+    from dmc_jax.networks.temporal_unet import Upsample1d
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3))
+    mod = Upsample1d(4)
+    p = mod.init(jax.random.key(1), x)["params"]
+    ref = jax.lax.conv_general_dilated(x, p["kernel"][::-1], (1,), ((2, 2),), lhs_dilation=(2,),
+                                       dimension_numbers=("NWC", "WIO", "NWC")) + p["bias"]
+    out = mod.apply({"params": p}, x)
+    self.assertEqual(out.shape, (2, 10, 4))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

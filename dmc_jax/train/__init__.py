@@ -1,0 +1,1 @@
+"""Training steps (PURE, in ``step.py``) and, later, the shells that drive them."""

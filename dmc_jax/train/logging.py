@@ -1,0 +1,39 @@
+"""MetricWriter: JSON lines on process 0 (SHELL)."""
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Appends ``{"step": s, "time": t, **scalars}`` lines to ``workdir/metrics.jsonl``."""
+
+  def __init__(self, workdir: str, filename: str = "metrics.jsonl"):
+    self.path = os.path.join(workdir, filename)
+    self.enabled = jax.process_index() == 0
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), "time": time.time()}
+    row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+class Progress:
+  """Prints ``name: done/total (pct) rate/s ETA`` lines."""
+
+  def __init__(self, name: str, total: int):
+    self.name, self.total, self.t0 = name, total, time.time()
+
+  def update(self, done: int, extra: str = "") -> str:
+    dt = max(time.time() - self.t0, 1e-9)
+    rate = done / dt
+    eta = (self.total - done) / rate if rate > 0 else float("inf")
+    line = (f"{self.name}: {done}/{self.total} ({100 * done / self.total:.0f}%) "
+            f"{rate:.1f}/s ETA {eta:.0f}s {extra}").rstrip()
+    print(line, flush=True)
+    return line
