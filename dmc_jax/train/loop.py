@@ -67,7 +67,8 @@ def mixture_metrics(x, modes, std):
   """Share of samples within 4 std of a mode, and coverage of modes (each >= 25% of its fair share)."""
   d = jnp.linalg.norm(x[:, None] - modes[None], axis=-1)
   near = jnp.min(d, 1) < 4 * std
-  counts = jnp.bincount(jnp.argmin(d, 1), length=modes.shape[0], weights=near)
+  counts = jnp.bincount(jnp.argmin(d, 1), length=modes.shape[0],
+                        weights=near.astype(jnp.float32))
   fair = x.shape[0] / modes.shape[0]
   return {"near_mode_frac": jnp.mean(near), "mode_coverage": jnp.mean(counts >= 0.25 * fair)}
 
