@@ -62,6 +62,16 @@ def transition_log_prob(x_tm1: Array, mean: Array, std: Array,
   return jnp.where(positive, lp, 0.0)
 
 
+def check_options(num_steps: int, num_grad_steps: Optional[int], inpaint_mode: str) -> None:
+  """Validates the chain options (called at sampler construction and again per run)."""
+  if inpaint_mode not in INPAINT_MODES:
+    raise ValueError(f"inpaint_mode must be one of {INPAINT_MODES}, got {inpaint_mode!r}")
+  if num_grad_steps is not None and not 0 <= num_grad_steps <= num_steps:
+    raise ValueError(
+        f"num_grad_steps must be in [0, {num_steps}] (the number of sampling steps), "
+        f"got {num_grad_steps}")
+
+
 def _impose(x, inpaint, alpha, sigma, key, mode):
   if inpaint is None:
     return x
@@ -103,14 +113,9 @@ def run_chain(transition: Callable, params: Params, key: PRNGKey, x_T: Array, *,
     :class:`SamplerOutput`.
   """
   num_steps = len(times)
-  if inpaint_mode not in INPAINT_MODES:
-    raise ValueError(f"inpaint_mode must be one of {INPAINT_MODES}, got {inpaint_mode!r}")
+  check_options(num_steps, num_grad_steps, inpaint_mode)
   if inpaint is not None and inpaint_mode == "repaint" and levels is None:
     raise ValueError("inpaint_mode='repaint' needs the sampler's noise levels")
-  if num_grad_steps is not None and not 0 <= num_grad_steps <= num_steps:
-    raise ValueError(
-        f"num_grad_steps must be in [0, {num_steps}] (the number of sampling steps), "
-        f"got {num_grad_steps}")
   times_arr = jnp.asarray(np.asarray(times, np.float32))
   if levels is None:
     levels = np.tile([[1.0, 0.0]], (num_steps + 1, 1))
@@ -176,12 +181,7 @@ def make_sampler(build_transition: Callable, *, times: np.ndarray,
   is pure: jit, vmap or grad it at the call site. ``**kw`` are the sampler's traced knobs
   (``eta`` for DDIM, ``noise_scale`` for stochastic flow matching).
   """
-  if inpaint_mode not in INPAINT_MODES:
-    raise ValueError(f"inpaint_mode must be one of {INPAINT_MODES}, got {inpaint_mode!r}")
-  if num_grad_steps is not None and not 0 <= num_grad_steps <= len(times):
-    raise ValueError(
-        f"num_grad_steps must be in [0, {len(times)}] (the number of sampling steps), "
-        f"got {num_grad_steps}")
+  check_options(len(times), num_grad_steps, inpaint_mode)
 
   def sample(params, key, x_T, cond=None, inpaint=None, **kw):
     return run_chain(build_transition(cond, **kw), params, key, x_T, times=times,

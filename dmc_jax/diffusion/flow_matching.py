@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dmc_jax.diffusion import chain as chain_lib
-from dmc_jax.diffusion.losses import weighted_mse, sample_cond_mask
+from dmc_jax.diffusion.losses import impose_known, sample_cond_mask, weighted_mse
 from dmc_jax.types import DenoiseFn
 
 
@@ -49,10 +49,7 @@ def flow_matching_loss(params, key, x_0, cond=None, *, denoise_fn: DenoiseFn, we
   eps = jax.random.normal(k_eps, x_0.shape, x_0.dtype)
   tb = t.reshape((batch,) + (1,) * (x_0.ndim - 1))
   x_t = (1.0 - tb) * x_0 + tb * eps
-  if inpaint_mask is not None:
-    x_t = jnp.where(inpaint_mask, x_0, x_t)
-    free = jnp.logical_not(inpaint_mask)
-    mask = free if mask is None else jnp.logical_and(mask, free)
+  x_t, mask = impose_known(x_t, x_0, inpaint_mask, mask)
   cond_mask = sample_cond_mask(k_drop, batch, cond_drop_prob)
   pred = denoise_fn(params, x_t, t, cond, cond_mask)
   loss = weighted_mse(pred, eps - x_0, weights, mask)

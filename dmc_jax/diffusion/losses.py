@@ -24,6 +24,17 @@ def weighted_mse(pred: Array, target: Array, weights: Optional[Array] = None,
   return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+def impose_known(x_t: Array, x_0: Array, inpaint_mask: Optional[Array],
+                 mask: Optional[Array]):
+  """Copies the in-painted entries of ``x_0`` into ``x_t`` (as the sampler imposes them) and
+  drops them from the loss mask. Returns ``(x_t, mask)``; a no-op without ``inpaint_mask``."""
+  if inpaint_mask is None:
+    return x_t, mask
+  free = jnp.logical_not(inpaint_mask)
+  return (jnp.where(inpaint_mask, x_0, x_t),
+          free if mask is None else jnp.logical_and(mask, free))
+
+
 def sample_cond_mask(key, batch: int, cond_drop_prob) -> Array:
   """``[B]`` float mask: 1 keeps the condition, 0 drops it (prob ``cond_drop_prob``)."""
   return (jax.random.uniform(key, (batch,)) >= cond_drop_prob).astype(jnp.float32)
@@ -76,10 +87,7 @@ def diffusion_loss(params, key, x_0: Array, cond=None, *, denoise_fn: DenoiseFn,
   t, alpha, sigma = sample_time(k_t, sched, batch, t_eps)
   eps = jax.random.normal(k_eps, x_0.shape, x_0.dtype)
   x_t = P.q_sample(x_0, eps, alpha, sigma)
-  if inpaint_mask is not None:
-    x_t = jnp.where(inpaint_mask, x_0, x_t)
-    free = jnp.logical_not(inpaint_mask)
-    mask = free if mask is None else jnp.logical_and(mask, free)
+  x_t, mask = impose_known(x_t, x_0, inpaint_mask, mask)
   cond_mask = sample_cond_mask(k_drop, batch, cond_drop_prob)
   pred = denoise_fn(params, x_t, t, cond, cond_mask)
   loss = weighted_mse(pred, P.target(x_0, eps, alpha, sigma, pred_type), weights, mask)

@@ -73,10 +73,9 @@ def make_vp_sampler(denoise_fn: DenoiseFn, sched: S.AnySchedule, num_steps: int,
   Returns ``sample(params, key, x_T, cond=None, inpaint=None) -> SamplerOutput``.
   """
   times = sde_times(num_steps, t_eps)
-  alpha, sigma = (np.asarray(a) for a in S.marginal(sched, jnp.asarray(times[1:])))
-  levels = np.concatenate([
-      np.asarray(np.stack(S.marginal(sched, jnp.asarray(times[:1])), -1)),
-      np.stack([alpha, sigma], -1), [[1.0, 0.0]]], 0)
+  # Row k is the level of the input of step k (= output of step k - 1); the last is clean.
+  alpha, sigma = (np.asarray(a) for a in S.marginal(sched, jnp.asarray(times)))
+  levels = np.concatenate([np.stack([alpha, sigma], -1), [[1.0, 0.0]]], 0)
   build = lambda cond: make_vp_transition(denoise_fn, sched, times, cond, kind=kind,
                                           pred_type=pred_type, clip_x0=clip_x0)
   return chain_lib.make_sampler(build, times=times, levels=levels,
