@@ -48,6 +48,14 @@ def _block(x):
   return jax.block_until_ready(x)
 
 
+def compiled_flops(compiled) -> float:
+  """FLOPs from XLA's cost analysis (a dict, or a list of one dict, by jax version)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
 def time_fn(fn, args, repeats, donate=()):
   """Returns (compile_s, median_s, flops) of ``jax.jit``-ed ``fn(*args)``.
 
@@ -57,10 +65,7 @@ def time_fn(fn, args, repeats, donate=()):
   t0 = time.perf_counter()
   compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  flops = float((cost or {}).get("flops", 0.0))
+  flops = compiled_flops(compiled)
   def call(args):
     out = _block(compiled(*args))
     return (out[0],) + tuple(args[1:]) if donate else args
@@ -96,10 +101,7 @@ def forward_flops(fn, params, x, cond):
   """FLOPs of one denoiser call. XLA's cost analysis counts a ``scan`` body once, so a
   sampler's FLOPs are taken as ``steps * forward_flops``."""
   t = jnp.full(x.shape[:1], 0.5)
-  cost = jax.jit(fn).lower(params, x, t, cond).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
+  return compiled_flops(jax.jit(fn).lower(params, x, t, cond).compile())
 
 
 def _sample_case(sampler, fn, params, x_T, cond, steps, repeats):

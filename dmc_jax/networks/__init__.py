@@ -1,4 +1,6 @@
 """Flax denoisers, and helpers that turn a module into a ``denoise_fn``."""
+import jax
+
 from dmc_jax.networks.dit import DiT1D
 from dmc_jax.networks.lora import (LoRAParams, init_lora, lora_scale, make_lora_denoise_fn,
                                    merge_lora)
@@ -14,5 +16,4 @@ def make_denoise_fn(module):
 
 
 def param_count(params) -> int:
-  import jax
   return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dmc_jax.networks.embeddings import CondEmbedding, mish, sinusoidal_embedding
+from dmc_jax.networks.embeddings import CondEmbedding, TimeEmbedding, mish
 
 
 def check_horizon(horizon: int, dim_mults: Sequence[int]) -> None:
@@ -117,8 +117,7 @@ class TemporalUnet(nn.Module):
   def __call__(self, x, t, cond=None, cond_mask=None):
     check_horizon(x.shape[1], self.dim_mults)
     out_dim = x.shape[-1]
-    emb = sinusoidal_embedding(t, self.dim)
-    emb = nn.Dense(self.dim)(mish(nn.Dense(4 * self.dim)(emb)))
+    emb = TimeEmbedding(self.dim, act="mish")(t)
     if cond is not None:
       emb = emb + CondEmbedding(self.dim)(cond, cond_mask)
     dims = [self.dim * m for m in self.dim_mults]
