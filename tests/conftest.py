@@ -1,10 +1,15 @@
-"""Test-wide JAX set-up: 4 simulated CPU devices and the persistent compilation cache.
+"""Test-wide set-up: 4 simulated CPU devices, the persistent compilation cache, and a
+temporary ``MINARI_DATASETS_PATH``.
 
 Both must be configured before JAX initialises its backends, which is why they live here.
 """
 import os
+import tempfile
 
 import jax
+
+# Tests write their own Minari datasets; never touch the user's (or the network).
+os.environ["MINARI_DATASETS_PATH"] = tempfile.mkdtemp(prefix="dmc_jax_minari_")
 
 jax.config.update("jax_num_cpu_devices", 4)
 _CACHE = os.environ.get("DMC_JAX_TEST_CACHE",

@@ -7,53 +7,79 @@ import subprocess
 import sys
 import tempfile
 
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 
 from dmc_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
 
 
-def _load(path, arg=None):
-  spec = importlib.util.spec_from_file_location("cfg", path)
+def _load(name, arg=None):
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(CONFIGS, name))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config(arg)
 
 
-class ConfigTest(absltest.TestCase):
+class ConfigTest(parameterized.TestCase):
 
   def test_every_config_loads_and_validates(self):
-    paths = [p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+    names = [os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.py"))
              if not p.endswith("__init__.py")]
-    self.assertNotEmpty(paths)
-    for p in paths:
-      cfg = _load(p)
-      self.assertIn("seed", cfg)
-      loop.validate_config(cfg)
+    self.assertContainsSubset({"default.py", "mixture2d.py", "nav1d.py", "nav1d_diffuser.py",
+                               "nav1d_dd.py", "nav1d_dp.py"}, set(names))
+    for name in names:
+      for arg in (None, "smoke"):
+        cfg = _load(name, arg)
+        self.assertIn("seed", cfg)
+        loop.validate_config(cfg)
+
+  @parameterized.product(model=["diffuser", "dd", "dp"],
+                         dataset=["partial", "full", "expert"])
+  def test_nav1d_model_dataset_configs(self, model, dataset):
+    cfg = _load(f"nav1d_{model}.py", dataset)
+    loop.validate_config(cfg)
+    self.assertEqual(cfg.data.dataset, dataset)
+    kind = {"diffuser": "diffuser", "dd": "decision_diffuser", "dp": "diffusion_policy"}[model]
+    self.assertEqual(cfg.model.kind, kind)
+    self.assertEqual(cfg.eval.num_candidates, 8 if model == "dp" else 16)
 
   def test_bad_values_name_the_key(self):
-    cfg = _load(os.path.join(ROOT, "configs", "default.py"))
+    cfg = _load("mixture2d.py")
     cfg.diffusion.sample_steps = 500
     with self.assertRaisesRegex(ValueError, r"config.diffusion.sample_steps=500.*num_steps=50"):
       loop.validate_config(cfg)
-    cfg = _load(os.path.join(ROOT, "configs", "default.py"))
-    cfg.eval.samplers = ("ddim", "euler")
-    with self.assertRaisesRegex(ValueError, r"config.eval.samplers"):
-      loop.validate_config(cfg)
     with self.assertRaisesRegex(ValueError, "unknown config variant"):
-      _load(os.path.join(ROOT, "configs", "default.py"), "nope")
+      _load("default.py", "nope")
+    with self.assertRaisesRegex(ValueError, "unknown model 'ddx'"):
+      _load("nav1d.py", "ddx,full")
+    cfg = _load("default.py")
+    cfg.task = "atari"
+    with self.assertRaisesRegex(ValueError, r"config.task='atari' is invalid"):
+      loop.validate_config(cfg)
 
   def test_main_job_smoke(self):
     with tempfile.TemporaryDirectory() as wd:
-      subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={wd}",
-                      f"--config={os.path.join(ROOT, 'configs', 'default.py')}:smoke"],
-                     cwd=ROOT, check=True, capture_output=True, timeout=600)
+      proc = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={wd}",
+                             f"--config={os.path.join(CONFIGS, 'default.py')}:smoke"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+      self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
       results = json.load(open(os.path.join(wd, "results.json")))
-      self.assertEqual(set(results), set(loop.SAMPLERS))
+      self.assertEqual(results["model"], "diffusion_policy")
+      self.assertEqual(results["dataset"], "dmc_jax/nav1d/full-v0")
       rows = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
-      self.assertTrue(any("train/diffusion/loss" in r for r in rows))
-      self.assertTrue(os.path.exists(os.path.join(wd, "config.json")))
+      self.assertTrue(any("train/loss" in r for r in rows))
+      self.assertTrue(any("critic/q_loss" in r for r in rows))
+      self.assertTrue(any("eval/return_mean" in r for r in rows))
+      for f in ("config.json", "learning_curve.png", "results.md"):
+        self.assertTrue(os.path.exists(os.path.join(wd, f)), f)
+      self.assertIn("ETA", proc.stdout)
+
+  def test_mixture_demo_smoke(self):
+    with tempfile.TemporaryDirectory() as wd:
+      results = loop.train_and_evaluate(_load("mixture2d.py", "smoke"), wd)
+      self.assertEqual(set(results), {"ddpm", "ddim", "sde", "ode", "flow"})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Offline critics (IQL) and action selection over sampled candidates."""

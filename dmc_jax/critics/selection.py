@@ -1,0 +1,43 @@
+"""Action selection over ``N`` sampled candidates. PURE.
+
+* ``expectation``: the mean of the candidates.
+* IDQL (Hansen-Estruch et al., 2023): ``argmax`` Q; ``softmax``: sample with probability
+  ``softmax(temperature * (Q - V))``; ``expectile``: sample with weights
+  ``|tau - 1(Q - V < 0)|``.
+"""
+import jax
+import jax.numpy as jnp
+
+SELECTIONS = ("expectation", "argmax", "softmax", "expectile", "first")
+
+
+def selection_logits(q, v, mode: str, temperature: float = 1.0, expectile: float = 0.7):
+  """Log-weights ``[B, N]`` of the candidates for the sampling modes."""
+  adv = q - v[:, None]
+  if mode == "softmax":
+    return temperature * adv
+  if mode == "expectile":
+    return jnp.log(jnp.where(adv < 0, 1.0 - expectile, expectile))
+  raise ValueError(f"no selection weights for mode {mode!r}")
+
+
+def select_index(key, q, v, mode: str, temperature: float = 1.0, expectile: float = 0.7):
+  """Index ``[B]`` of the chosen candidate among ``q [B, N]`` (``v [B]`` for sampling modes)."""
+  if mode == "argmax":
+    return jnp.argmax(q, axis=-1)
+  if mode == "first":
+    return jnp.zeros(q.shape[:1], jnp.int32)
+  if mode in ("softmax", "expectile"):
+    return jax.random.categorical(key, selection_logits(q, v, mode, temperature, expectile))
+  raise ValueError(f"unknown selection {mode!r}; known: {SELECTIONS}")
+
+
+def gather(tree, index):
+  """Picks candidate ``index [B]`` from every ``[B, N, ...]`` leaf -> ``[B, ...]``."""
+  return jax.tree.map(lambda x: jnp.take_along_axis(
+      x, index.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0], tree)
+
+
+def expectation(candidates):
+  """Mean over the candidate axis: ``[B, N, ...] -> [B, ...]``."""
+  return jax.tree.map(lambda x: jnp.mean(x, axis=1), candidates)

@@ -1,0 +1,1 @@
+"""Offline data: padded episodes, transitions, segments, normalisation, Minari I/O."""

@@ -1,0 +1,87 @@
+"""Minari datasets on disk <-> per-episode numpy dicts (SHELL).
+
+Never touches the network: a dataset that is not local gives an error that says how to get it.
+"""
+import os
+from typing import Optional
+
+import minari
+import numpy as np
+from minari.data_collector import EpisodeBuffer
+
+from dmc_jax.data import episodes as ep_lib
+
+
+def datasets_root() -> str:
+  return os.environ.get("MINARI_DATASETS_PATH", os.path.join("~", ".minari", "datasets"))
+
+
+def exists(dataset_id: str) -> bool:
+  return dataset_id in minari.list_local_datasets()
+
+
+def write_dataset(dataset_id: str, episodes: list, env, *, algorithm_name: str,
+                  description: str, overwrite: bool = False, **metadata):
+  """Writes per-episode dicts (:data:`~dmc_jax.data.episodes.FIELDS`) as a Minari dataset.
+
+  ``env`` (a ``gym.Env``) gives the spaces and the env spec stored with the data. The
+  episodes are validated against its spaces first.
+  """
+  ep_lib.validate_episodes(episodes, env.observation_space.shape, env.action_space.shape,
+                           dataset_id)
+  if exists(dataset_id):
+    if not overwrite:
+      raise FileExistsError(f"Minari dataset {dataset_id!r} already exists under "
+                            f"{datasets_root()}; pass overwrite=True to replace it")
+    minari.delete_dataset(dataset_id)
+  buffers = [EpisodeBuffer(
+      id=i, observations=np.asarray(ep["observations"], np.float32),
+      actions=np.asarray(ep["actions"], np.float32),
+      rewards=[float(r) for r in ep["rewards"]],
+      terminations=[bool(d) for d in ep["terminations"]],
+      truncations=[bool(d) for d in ep["truncations"]]) for i, ep in enumerate(episodes)]
+  return minari.create_dataset_from_buffers(
+      dataset_id, buffers, env=env, algorithm_name=algorithm_name, description=description,
+      author="dmc_jax", author_email="dmc_jax@users.noreply.github.com", eval_env=env.spec,
+      **metadata)
+
+
+def open_dataset(id_or_path: str) -> minari.MinariDataset:
+  """Opens a local Minari dataset by id, or by the path of its folder (or its ``data/``)."""
+  if os.path.isdir(id_or_path):
+    data = os.path.join(id_or_path, "data")
+    return minari.MinariDataset(data if os.path.isdir(data) else id_or_path)
+  try:
+    return minari.load_dataset(id_or_path, download=False)
+  except FileNotFoundError:
+    local = minari.list_local_datasets()
+    hint = ("generate it with `python -m launch.make_nav1d_data`"
+            if id_or_path.startswith("dmc_jax/nav1d") else
+            f"download it once on a machine with network access with "
+            f"`minari download {id_or_path}` and copy it there")
+    raise FileNotFoundError(
+        f"Minari dataset {id_or_path!r} is not in MINARI_DATASETS_PATH={datasets_root()} "
+        f"(local datasets: {sorted(local) or 'none'}); {hint}, or pass the path of a "
+        f"dataset folder instead") from None
+
+
+def load_episodes(id_or_path: str, obs_shape: Optional[tuple] = None,
+                  act_shape: Optional[tuple] = None):
+  """Loads and validates a dataset: returns ``(Episodes, dataset)``.
+
+  The episodes are checked against the dataset's own spaces, and against ``obs_shape`` /
+  ``act_shape`` when given (e.g. the environment's or a checkpoint's).
+  """
+  ds = open_dataset(id_or_path)
+  obs_space, act_space = ds.observation_space, ds.action_space
+  for what, space, want in (("observation", obs_space, obs_shape),
+                            ("action", act_space, act_shape)):
+    if not hasattr(space, "shape") or space.shape is None or space.dtype is None:
+      raise ValueError(f"dataset {id_or_path!r}: its {what} space {space} is not a Box; "
+                       "only Box spaces are supported")
+    if want is not None and tuple(space.shape) != tuple(want):
+      raise ValueError(f"dataset {id_or_path!r}: {what} space has shape {space.shape}, but "
+                       f"the environment/model expects {tuple(want)}")
+  eps = [{f: getattr(e, f) for f in ep_lib.FIELDS} for e in ds.iterate_episodes()]
+  ep_lib.validate_episodes(eps, obs_space.shape, act_space.shape, repr(id_or_path))
+  return ep_lib.stack_episodes(eps), ds

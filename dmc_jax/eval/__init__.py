@@ -1,0 +1,1 @@
+"""Evaluation: jit roll-outs for pure envs, vector-env loops for gymnasium, coherency."""

@@ -1,0 +1,48 @@
+"""Roll-outs in gymnasium environments through a vector env (SHELL: host loop)."""
+from typing import Callable
+
+import gymnasium as gym
+import jax
+import numpy as np
+
+
+def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
+                max_steps: int, history: int = 1, execute_steps: int = 1,
+                seeds=None) -> dict:
+  """Runs ``num_episodes`` episodes in a ``SyncVectorEnv`` and returns ``returns [E]``,
+  ``lengths [E]``, ``obs [E, T, O]``, ``actions [E, T, A]``, ``alive [E, T]``.
+
+  ``act_fn(key, history [E, K, O]) -> actions [E, X, A]`` (jit it); re-plans every
+  ``execute_steps`` steps. Episode ``i`` resets with ``seed = seeds[i]`` (default ``i``).
+  Finished episodes keep stepping (auto-reset) but are masked out.
+  """
+  envs = gym.vector.SyncVectorEnv([make_env for _ in range(num_episodes)],
+                                  autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+  seeds = list(range(num_episodes)) if seeds is None else [int(s) for s in seeds]
+  obs, _ = envs.reset(seed=seeds)
+  hist = np.repeat(np.asarray(obs, np.float32)[:, None], history, axis=1)
+  alive = np.ones(num_episodes, bool)
+  rets = np.zeros(num_episodes)
+  lengths = np.zeros(num_episodes, np.int64)
+  rec_obs, rec_act, rec_alive = [], [], []
+  queue = None
+  for t in range(max_steps):
+    j = t % execute_steps
+    if j == 0:
+      queue = np.asarray(act_fn(jax.random.fold_in(key, t), hist))
+    a = queue[:, j]
+    rec_obs.append(hist[:, -1])
+    rec_act.append(a)
+    rec_alive.append(alive.copy())
+    obs, r, term, trunc, info = envs.step(a)
+    rets += np.where(alive, r, 0.0)
+    lengths += alive
+    done = term | trunc
+    # With SAME_STEP auto-reset, obs of a finished env is already the next episode's start.
+    hist = np.concatenate([hist[:, 1:], np.asarray(obs, np.float32)[:, None]], 1)
+    alive &= ~done
+    if not alive.any():
+      break
+  envs.close()
+  return {"returns": rets, "lengths": lengths, "obs": np.stack(rec_obs, 1),
+          "actions": np.stack(rec_act, 1), "alive": np.stack(rec_alive, 1)}

@@ -1,0 +1,1 @@
+"""Diffusion controllers (Diffuser, Decision Diffuser, Diffusion Policy) and their sampler choice."""
