@@ -43,7 +43,7 @@ def write_dataset(dataset_id: str, episodes: list, env, *, algorithm_name: str,
   return minari.create_dataset_from_buffers(
       dataset_id, buffers, env=env, algorithm_name=algorithm_name, description=description,
       author="dmc_jax", author_email="dmc_jax@users.noreply.github.com", eval_env=env.spec,
-      **metadata)
+      code_permalink="https://github.com/dmc-jax/dmc_jax", **metadata)
 
 
 def open_dataset(id_or_path: str) -> minari.MinariDataset:

@@ -25,8 +25,10 @@ def env_kwargs(task_seed: int, horizon: int, step_size: float) -> dict:
 
 
 def make_dataset(kind: str, *, num_episodes: int = 1000, seed: int = 0, task_seed: int = 0,
-                 horizon: int = 32, step_size: float = 0.1, overwrite: bool = False):
-  """Rolls out the ``kind`` behaviour policy (in ``jit``) and writes it with Minari."""
+                 horizon: int = 32, step_size: float = 0.1, overwrite: bool = False,
+                 name: str | None = None):
+  """Rolls out the ``kind`` behaviour policy (in ``jit``) and writes it with Minari under
+  ``name`` (default :func:`dataset_id`)."""
   if kind not in nav1d.DATASET_KINDS:
     raise ValueError(f"unknown Nav1D dataset kind {kind!r}; known: {nav1d.DATASET_KINDS}")
   import gymnasium as gym
@@ -37,19 +39,19 @@ def make_dataset(kind: str, *, num_episodes: int = 1000, seed: int = 0, task_see
       jax.random.key(seed), params, kind, num_episodes)
   eps = ep_lib.episodes_from_arrays(jax.tree.map(np.asarray, arrays))
   return minari_io.write_dataset(
-      dataset_id(kind), eps, env, algorithm_name=f"nav1d-{kind}-behaviour",
+      name or dataset_id(kind), eps, env, algorithm_name=f"nav1d-{kind}-behaviour",
       description=f"Nav1D {kind}: {DESCRIPTIONS[kind]} (collection seed {seed})",
       overwrite=overwrite)
 
 
 def ensure_dataset(kind: str, *, task_seed: int, horizon: int, step_size: float,
-                   num_episodes: int = 1000, seed: int = 0) -> str:
+                   num_episodes: int = 1000, seed: int = 0, name: str | None = None) -> str:
   """Returns the dataset id, generating it if it is not local. An existing dataset made for
   another task (seed, horizon, step size) is an error, not silently reused."""
-  did = dataset_id(kind)
+  did = name or dataset_id(kind)
   if not minari_io.exists(did):
     make_dataset(kind, num_episodes=num_episodes, seed=seed, task_seed=task_seed,
-                 horizon=horizon, step_size=step_size)
+                 horizon=horizon, step_size=step_size, name=did)
   else:
     ds = minari_io.open_dataset(did)
     got = dict(ds.spec.env_spec.kwargs)

@@ -61,6 +61,12 @@ def _split(x, b, n):
   return x.reshape((b, n) + x.shape[1:])
 
 
+def _zero_padding(x, mask):
+  """Padded steps (``mask`` False) are set to 0, so that what the backbone sees there (a conv
+  or an MLP mixes steps) never depends on the padding's content."""
+  return jnp.where(mask[..., None], x, 0.0)
+
+
 def causal_known_mask(key, batch: int, horizon: int, obs_dim: int, act_dim: int,
                       max_known: int):
   """``[B, H, O + A]`` bool: the states of the first ``k ~ U{1..max_known}`` steps."""
@@ -90,7 +96,7 @@ def make_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generator, *, ob
 
   def loss(params, key, seg: Segment):
     k_mask, k_loss = jax.random.split(key)
-    x_0 = jnp.concatenate([seg.obs, seg.actions], -1)
+    x_0 = _zero_padding(jnp.concatenate([seg.obs, seg.actions], -1), seg.mask)
     b = x_0.shape[0]
     known = causal_known_mask(k_mask, b, horizon, obs_dim, act_dim, max_known)
     weights = jnp.ones((horizon, dim)).at[0, obs_dim:].set(action_weight)
@@ -145,8 +151,8 @@ def make_decision_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generat
     k_mask, k_loss = jax.random.split(key)
     b = seg.obs.shape[0]
     known = causal_known_mask(k_mask, b, horizon, obs_dim, 0, max_known)
-    d_loss, metrics = gen.loss(params["diffusion"], k_loss, seg.obs, None,
-                               mask=seg.mask[..., None], inpaint_mask=known)
+    d_loss, _ = gen.loss(params["diffusion"], k_loss, _zero_padding(seg.obs, seg.mask), None,
+                         mask=seg.mask[..., None], inpaint_mask=known)
     pred = inverse(params, seg.obs[:, :-1], seg.obs[:, 1:])
     pair = (seg.mask[:, :-1] & seg.mask[:, 1:])[..., None].astype(jnp.float32)
     inv_loss = jnp.sum(pair * jnp.square(pred - seg.actions[:, :-1])) / jnp.maximum(
@@ -183,7 +189,9 @@ def make_diffusion_policy(denoise_fn: Callable, module: nn.Module, gen: Generato
 
   def loss(params, key, seg: Segment):
     cond = seg.history.reshape(seg.history.shape[0], -1)
-    return gen.loss(params, key, seg.actions[:, :chunk], cond, mask=seg.mask[:, :chunk, None])
+    mask = seg.mask[:, :chunk]
+    return gen.loss(params, key, _zero_padding(seg.actions[:, :chunk], mask), cond,
+                    mask=mask[..., None])
 
   def propose(params, key, hist, num_candidates: int):
     b = hist.shape[0]

@@ -23,13 +23,13 @@ def _episodes(n=3, length=5, obs_dim=4, act_dim=1, seed=0):
 class MinariRoundTripTest(absltest.TestCase):
 
   def test_nav1d_dataset_round_trip(self):
-    ds = nav1d_data.make_dataset("expert", num_episodes=6, seed=3, overwrite=True)
+    name = "dmc_jax/nav1d/roundtrip-v0"
+    ds = nav1d_data.make_dataset("expert", num_episodes=6, seed=3, overwrite=True, name=name)
     self.assertEqual(ds.total_episodes, 6)
     params = nav1d.make_params(0, 32, 0.1)
     direct = jax.jit(nav1d.collect_episodes, static_argnums=(2, 3))(
         jax.random.key(3), params, "expert", 6)
-    for source in ("dmc_jax/nav1d/expert-v0",
-                   os.path.join(minari_io.datasets_root(), "dmc_jax/nav1d/expert-v0")):
+    for source in (name, os.path.join(minari_io.datasets_root(), name)):
       eps, loaded = minari_io.load_episodes(source, (4,), (1,))
       np.testing.assert_allclose(eps.observations, direct["observations"], rtol=1e-6)
       np.testing.assert_allclose(eps.actions, direct["actions"], rtol=1e-6)
@@ -38,7 +38,7 @@ class MinariRoundTripTest(absltest.TestCase):
       np.testing.assert_array_equal(eps.lengths, 32)
       self.assertEqual(loaded.spec.env_spec.kwargs["task_seed"], 0)
     with self.assertRaisesRegex(FileExistsError, "already exists"):
-      nav1d_data.make_dataset("expert", num_episodes=2)
+      nav1d_data.make_dataset("expert", num_episodes=2, name=name)
 
   def test_missing_dataset_says_how_to_get_it(self):
     with self.assertRaisesRegex(FileNotFoundError,
@@ -49,11 +49,13 @@ class MinariRoundTripTest(absltest.TestCase):
       minari_io.load_episodes("mujoco/hopper/medium-v0")
 
   def test_shape_mismatch_with_environment(self):
-    nav1d_data.ensure_dataset("full", task_seed=0, horizon=32, step_size=0.1, num_episodes=3)
+    name = "dmc_jax/nav1d/shapes-v0"
+    nav1d_data.ensure_dataset("full", task_seed=0, horizon=32, step_size=0.1, num_episodes=3,
+                              name=name)
     with self.assertRaisesRegex(ValueError, r"action space has shape \(1,\).*expects \(2,\)"):
-      minari_io.load_episodes("dmc_jax/nav1d/full-v0", (4,), (2,))
+      minari_io.load_episodes(name, (4,), (2,))
     with self.assertRaisesRegex(ValueError, r"made for task_seed=0 .* asks for 5"):
-      nav1d_data.ensure_dataset("full", task_seed=5, horizon=32, step_size=0.1)
+      nav1d_data.ensure_dataset("full", task_seed=5, horizon=32, step_size=0.1, name=name)
 
 
 class ValidationTest(parameterized.TestCase):
