@@ -24,6 +24,7 @@ from dmc_jax.models import generator as gen_lib
 from dmc_jax.models import policy as policy_lib
 from dmc_jax.networks.temporal_unet import check_horizon
 from dmc_jax.train import builders
+from dmc_jax.train import checkpoint
 from dmc_jax.train import logging as logging_lib
 from dmc_jax.train import step as step_lib
 
@@ -280,6 +281,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                             config.eval.num_episodes)
   curve.append((tc.steps, final["return_mean"], final["return_std"]))
   writer.write_scalars(tc.steps, {f"eval/{k}": v for k, v in final.items()})
+  checkpoint.save(os.path.join(workdir, "model"), tc.steps,
+                  model_bundle(state.ema_params, critic_params, obs_norm, act_norm))
   rand = random_policy_returns(config, jax.random.fold_in(k_eval, 1), config.eval.num_episodes)
   n_ep = len(returns)
   results = {
@@ -299,6 +302,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f"(95% CI ± {results['return_ci95']:.2f}, {n_ep} episodes); dataset "
         f"{results['dataset_return']:.2f}; random {results['random_return']}", flush=True)
   return results
+
+
+def model_bundle(dmc_params, critic_params, obs_norm, act_norm) -> dict:
+  """What evaluation needs: EMA DMC params, critic (Q, V) params and the normalisers."""
+  return {"dmc": dmc_params, "critic": {"q": critic_params[0], "v": critic_params[1]},
+          "obs_norm": obs_norm._asdict(), "act_norm": act_norm._asdict()}
 
 
 def write_table(workdir, r):
