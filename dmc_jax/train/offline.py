@@ -297,7 +297,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   write_table(workdir, results)
-  plot_curve(workdir, curve, f"{dmc.kind} on {env_info['dataset_id']}")
+  plot_curve(workdir, curve, f"{dmc.kind} on {env_info['dataset_id']}",
+             {"dataset": results["dataset_return"], "random policy": results["random_return"]})
   print(f"final: return {final['return_mean']:.2f} ± {final['return_std']:.2f} "
         f"(95% CI ± {results['return_ci95']:.2f}, {n_ep} episodes); dataset "
         f"{results['dataset_return']:.2f}; random {results['random_return']}", flush=True)
@@ -327,7 +328,7 @@ def write_table(workdir, r):
     f.write("\n".join(lines) + "\n")
 
 
-def plot_curve(workdir, curve, title):
+def plot_curve(workdir, curve, title, baselines=None):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -335,6 +336,11 @@ def plot_curve(workdir, curve, title):
   fig, ax = plt.subplots(figsize=(5, 3.5))
   ax.plot(steps, mean, marker="o")
   ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
+  for (name, value), style in zip((baselines or {}).items(), ("--", ":")):
+    if value is not None:
+      ax.axhline(value, color="gray", linestyle=style, label=name)
+  if any(v is not None for v in (baselines or {}).values()):
+    ax.legend(fontsize=8)
   ax.set_xlabel("training step")
   ax.set_ylabel("episode return (mean ± 1 std)")
   ax.set_title(title, fontsize=9)
