@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.995  # EMA of weights used for evaluation
   c.train.log_every = 500  # steps per compiled chunk / progress line
   c.train.eval_every = 1000  # steps between learning-curve evaluations (0 = only at the end)
+  c.train.keep_checkpoints = 3  # checkpoints kept per phase (saved after every chunk)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_episodes = 64  # episode seeds of the final evaluation

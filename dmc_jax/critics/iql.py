@@ -33,16 +33,19 @@ def init_iql(key, q_module, v_module, obs_dim: int, act_dim: int,
   obs, act = jnp.zeros((1, obs_dim)), jnp.zeros((1, act_dim))
   q_params = q_module.init(k_q, obs, act)["params"]
   v_params = v_module.init(k_v, obs)["params"]
+  zero = lambda: jnp.zeros((), jnp.int32)  # separate buffers: the state may be donated
   return IQLState(
-      q=train_state.TrainState.create(apply_fn=None, params=q_params, tx=tx_q),
-      v=train_state.TrainState.create(apply_fn=None, params=v_params, tx=tx_v),
+      q=train_state.TrainState.create(apply_fn=None, params=q_params, tx=tx_q).replace(
+          step=zero()),
+      v=train_state.TrainState.create(apply_fn=None, params=v_params, tx=tx_v).replace(
+          step=zero()),
       target_q_params=jax.tree.map(jnp.copy, q_params), step=jnp.zeros((), jnp.int32))
 
 
 def make_iql_update(q_fn: Callable, v_fn: Callable, *, discount: float = 0.99,
                     expectile: float = 0.7, target_update_rate: float = 0.005) -> Callable:
   """``update(state, batch) -> (state, metrics)``; ``batch`` has ``obs, actions, rewards,
-  next_obs, dones`` (``[B, ...]``). ``q_fn(params, obs, act) -> [2, B]``,
+  next_obs, dones`` (``[B, ...]``). Non-finite updates are skipped (``metrics["nonfinite"]``). ``q_fn(params, obs, act) -> [2, B]``,
   ``v_fn(params, obs) -> [B]``."""
 
   def value_loss(v_params, target_q, obs):
@@ -69,6 +72,10 @@ def make_iql_update(q_fn: Callable, v_fn: Callable, *, discount: float = 0.99,
                                              target_update_rate)
     new = state.replace(q=q_state, v=v_state, target_q_params=target_params,
                         step=state.step + 1)
-    return new, {**v_metrics, **q_metrics}
+    # A non-finite update is skipped inside the compiled function (state unchanged).
+    ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+        (v_grads, q_grads, q_state.params, v_state.params))]))
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    return new, {**v_metrics, **q_metrics, "nonfinite": 1.0 - ok.astype(jnp.float32)}
 
   return update

@@ -1,33 +1,168 @@
 """Checkpoints through ``orbax.checkpoint.CheckpointManager`` (SHELL).
 
-The offline job saves its trained model bundle — EMA DMC parameters, critic parameters and the
-observation/action normalisers — so that evaluation needs nothing else. (Resume, fault
-injection and export build on this in issue #5.)
+* Saves are atomic (orbax writes a temporary directory and renames it) and keep the last
+  ``max_to_keep``. A tree with a non-finite value is never saved (``FloatingPointError``).
+* Restores are checked against the expected tree *before* reading: a missing or extra leaf, or
+  a shape or dtype that differs, is a :class:`CheckpointMismatchError` naming the leaf (orbax
+  itself would silently cast dtypes).
+* A latest checkpoint that cannot be read (truncated or half-written files) is removed with a
+  warning and the previous one is used; it never crashes the resume.
 """
+import logging
 import os
+import shutil
+from typing import Any, NamedTuple, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-
-def _manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.abspath(directory),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+log = logging.getLogger(__name__)
 
 
-def save(directory: str, step: int, tree) -> None:
-  """Atomically saves ``tree`` (a pytree of arrays) as ``step`` (orbax: temp dir + rename)."""
-  with _manager(directory) as mngr:
-    mngr.save(step, args=ocp.args.StandardSave(tree))
-    mngr.wait_until_finished()
+class CheckpointMismatchError(ValueError):
+  """The checkpoint was made for another model, config or dataset."""
 
 
-def restore(directory: str, target, step: int | None = None):
-  """Restores into the structure, shapes and dtypes of ``target`` (a shape/dtype mismatch is an
-  error). ``step=None``: the latest."""
-  with _manager(directory) as mngr:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {directory}")
+class Restored(NamedTuple):
+  step: int
+  tree: Any
+  meta: dict
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _leaf_table(tree) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  dtype = lambda x: np.dtype(x.dtype if hasattr(x, "dtype") else jax.numpy.asarray(x).dtype)
+  return {".".join(_key_name(k) for k in path): (tuple(np.shape(x)), dtype(x))
+          for path, x in flat}
+
+
+def _stored_table(meta_tree) -> dict:
+  return {m.name: (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(meta_tree)}
+
+
+def check_compatible(stored: dict, expected: dict, where: str) -> None:
+  """Raises :class:`CheckpointMismatchError` naming the first differing leaves."""
+  problems = []
+  for name in sorted(set(expected) - set(stored)):
+    problems.append(f"{name}: missing from the checkpoint")
+  for name in sorted(set(stored) - set(expected)):
+    problems.append(f"{name}: in the checkpoint but not expected")
+  for name in sorted(set(stored) & set(expected)):
+    (s_shape, s_dtype), (e_shape, e_dtype) = stored[name], expected[name]
+    if s_shape != e_shape or s_dtype != e_dtype:
+      problems.append(f"{name}: checkpoint has {s_dtype}{list(s_shape)}, expected "
+                      f"{e_dtype}{list(e_shape)}")
+  if problems:
+    shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)"
+                                        if len(problems) > 5 else "")
+    raise CheckpointMismatchError(f"checkpoint {where} does not match this model/config: "
+                                  f"{shown}")
+
+
+def all_finite(tree) -> bool:
+  return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree)
+             if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+
+class Checkpointer:
+  """One ``CheckpointManager`` directory holding ``(state tree, JSON meta)`` per step."""
+
+  def __init__(self, directory: str, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    # Handlers declared up front, so that a fresh process can read a step's metadata before
+    # restoring it (otherwise item_metadata is None until the first save/restore).
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  def close(self):
+    self._mngr.close()
+
+  def all_steps(self):
+    return sorted(self._mngr.all_steps())
+
+  def save(self, step: int, tree, meta: Optional[dict] = None) -> None:
+    """Saves and waits for the write to finish (callers may donate the arrays next).
+
+    A step that is already saved is kept as it is (a deterministic re-run rewrites the same
+    values)."""
+    if step in self._mngr.all_steps():
+      return
+    if not all_finite(tree):
+      raise FloatingPointError(f"refusing to save a non-finite state at step {step} to "
+                               f"{self.directory}")
+    self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                  meta=ocp.args.JsonSave(meta or {})))
+    self._mngr.wait_until_finished()
+
+  def restore(self, target, step: Optional[int] = None) -> Optional[Restored]:
+    """Restores the latest readable step (or ``step``) into ``target``'s structure.
+
+    Returns ``None`` when there is no checkpoint. Unreadable steps are removed with a warning
+    and older ones tried; a mismatch with ``target`` raises
+    :class:`CheckpointMismatchError` at once.
+    """
+    expected = _leaf_table(target)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    steps = [step] if step is not None else self.all_steps()[::-1]
+    for s in steps:
+      where = os.path.join(self.directory, str(s))
+      try:
+        meta_tree = self._mngr.item_metadata(s)["state"]
+        if meta_tree is None:
+          raise ValueError("no array metadata")
+        stored = _stored_table(meta_tree)
+      except Exception as e:  # noqa: BLE001 - unreadable metadata means a corrupt step
+        self._drop(s, e)
+        continue
+      check_compatible(stored, expected, where)
+      try:
+        out = self._mngr.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 - truncated array files
+        self._drop(s, e)
+        continue
+      if not all_finite(out.state):
+        self._drop(s, FloatingPointError("non-finite values"))
+        continue
+      return Restored(s, out.state, dict(out.meta or {}))
+    return None
+
+  def _drop(self, step, err):
+    log.warning("checkpoint %s/%d is unreadable (%s: %s); removing it and falling back to "
+                "the previous one", self.directory, step, type(err).__name__,
+                str(err).splitlines()[0][:200] if str(err) else "")
+    print(f"WARNING: checkpoint {self.directory}/{step} is unreadable "
+          f"({type(err).__name__}); falling back to the previous one", flush=True)
+    shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+    self._mngr.reload()
+
+
+def save(directory: str, step: int, tree, meta: Optional[dict] = None) -> None:
+  """One-shot save (see :class:`Checkpointer`)."""
+  ckpt = Checkpointer(directory)
+  try:
+    ckpt.save(step, tree, meta)
+  finally:
+    ckpt.close()
+
+
+def restore(directory: str, target, step: Optional[int] = None):
+  """One-shot restore of the tree (latest readable step); raises if there is none."""
+  ckpt = Checkpointer(directory)
+  try:
+    out = ckpt.restore(target, step)
+  finally:
+    ckpt.close()
+  if out is None:
+    raise FileNotFoundError(f"no readable checkpoint under {directory}")
+  return out.tree

@@ -22,6 +22,31 @@ class MetricWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
+  def rows(self) -> list:
+    """The complete rows written so far (a half-written last line is skipped)."""
+    if not os.path.exists(self.path):
+      return []
+    out = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+    return out
+
+  def rewind(self, keep) -> None:
+    """Keeps the rows with ``keep(row)`` (a resumed run drops what it will write again);
+    rewrites the file atomically."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      for row in self.rows():
+        if keep(row):
+          f.write(json.dumps(row) + "\n")
+    os.replace(tmp, self.path)
+
 
 class Progress:
   """Prints ``name: done/total (pct) rate/s ETA`` lines."""

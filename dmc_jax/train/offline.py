@@ -1,7 +1,12 @@
 """The offline pipeline (SHELL): data -> IQL critic -> DMC pretraining -> evaluation.
 
 Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (every loss and evaluation),
-``learning_curve.png``, ``results.json`` and ``results.md``.
+``checkpoints/{critic,dmc}`` (orbax, after every chunk), ``learning_curve.png``,
+``results.json``, ``results.md`` and ``model/`` (the bundle evaluation needs).
+
+Re-running the same command on the same workdir resumes from the latest checkpoints; a run
+killed at any moment and resumed ends with the same parameters and metrics (see
+``launch/fault_injection.py``).
 """
 import functools
 import json
@@ -113,16 +118,103 @@ def load_data(config):
   return eps, {"dataset_id": config.data.dataset, "env_spec": env.spec}
 
 
-def _chunked(total, chunk):
-  done = 0
+def _chunked(start, total, chunk):
+  done = start
   while done < total:
     n = min(chunk, total - done)
     yield done, n
     done += n
 
 
+PHASES = ("critic", "dmc", "eval")
+_PREFIX_PHASE = {"critic": 0, "train": 1, "curve": 1, "eval": 2}
+# Keys that may change between a run and its resumption (they do not change what is trained).
+RESUMABLE_KEYS = ("eval.", "train.steps", "critic.steps")
+
+
+def _row_phase(row) -> int:
+  for k in row:
+    if "/" in k:
+      return _PREFIX_PHASE.get(k.split("/")[0], 2)
+  return 2
+
+
+def _flat_config(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat_config(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_same_config(saved: dict, config, where: str) -> None:
+  """A checkpoint made with another config is an error naming the differing keys."""
+  now = _flat_config(json.loads(config.to_json()))
+  old = _flat_config(saved)
+  diff = [k for k in sorted(set(now) | set(old)) if not k.startswith(RESUMABLE_KEYS[0])
+          and k not in RESUMABLE_KEYS[1:] and now.get(k) != old.get(k)]
+  if diff:
+    shown = "; ".join(f"{k}: {old.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
+                      for k in diff[:6])
+    raise checkpoint.CheckpointMismatchError(
+        f"{where} holds a checkpoint made with a different config ({shown}); use another "
+        f"--workdir, or the checkpoint's config")
+
+
+def summarize(metrics, name, done, step) -> dict:
+  """Chunk means over the finite updates; all updates non-finite is an error (the state is
+  unchanged, so the last checkpoint stays good)."""
+  m = {k: np.asarray(v) for k, v in metrics.items()}
+  bad = m.pop("nonfinite") > 0
+  if bad.all():
+    raise FloatingPointError(
+        f"all {len(bad)} {name} updates of steps {done + 1}..{step} were non-finite and "
+        f"skipped; the state (and the last checkpoint) is still that of step {done}")
+  out = {k: float(v[~bad].mean()) for k, v in m.items()}
+  out["nonfinite"] = float(bad.sum())
+  return out
+
+
+def run_phase(name: str, workdir: str, config, state, *, total: int, chunk: int, run_chunk,
+              writer, log_fn, after_chunk=None):
+  """Runs ``run_chunk(state, start, n) -> (state, metrics)`` from the latest checkpoint of
+  ``workdir/checkpoints/<name>`` to ``total`` steps, saving after every chunk.
+
+  Randomness depends only on the step index, so a resumed phase redraws the same keys and ends
+  bit-for-bit where an uninterrupted one would (on CPU).
+  """
+  phase = PHASES.index(name)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", name),
+                                 max_to_keep=config.train.keep_checkpoints)
+  try:
+    restored = ckpt.restore(state)
+    start = 0
+    if restored is not None:
+      check_same_config(restored.meta.get("config", {}), config, ckpt.directory)
+      state, start = restored.tree, restored.step
+      print(f"resumed {name} from step {start} ({ckpt.directory})", flush=True)
+    if start < total:  # rows this phase (and every later one) will write again
+      writer.rewind(lambda r: _row_phase(r) < phase or (
+          _row_phase(r) == phase and r["step"] <= start))
+    meta = {"config": json.loads(config.to_json()), "phase": name}
+    progress = logging_lib.Progress(f"train {name}", total)
+    for done, n in _chunked(start, total, chunk):
+      state, m = run_chunk(state, done, n)
+      step = done + n
+      m = summarize(m, name, done, step)
+      log_fn(step, m, progress)
+      if after_chunk is not None:
+        after_chunk(state, step)
+      ckpt.save(step, state, meta)
+  finally:
+    ckpt.close()
+  return state
+
+
 # -------------------------------------------------------------------------------- critic
-def train_critic(config, trans_n, key, writer):
+def train_critic(config, trans_n, key, writer, workdir):
   """IQL on normalised transitions; returns the final :class:`~dmc_jax.critics.iql.IQLState`."""
   cc = config.critic
   q_mod, v_mod, q_fn, v_fn, update, tx_q, tx_v = builders.make_critic(config)
@@ -137,14 +229,14 @@ def train_critic(config, trans_n, key, writer):
       return update(s, batch)
     return jax.lax.scan(body, state, start + jnp.arange(n))
 
-  progress = logging_lib.Progress("train critic", cc.steps)
-  for done, n in _chunked(cc.steps, config.train.log_every):
-    state, m = run(state, done, n, trans_n)
-    m = {k: float(v.mean()) for k, v in m.items()}
-    if not all(np.isfinite(list(m.values()))):
-      raise FloatingPointError(f"non-finite critic metrics at step {done + n}: {m}")
-    writer.write_scalars(done + n, {f"critic/{k}": v for k, v in m.items()})
-    progress.update(done + n, f"q_loss {m['q_loss']:.4f} v_loss {m['v_loss']:.4f}")
+  def log(step, m, progress):
+    writer.write_scalars(step, {f"critic/{k}": v for k, v in m.items()})
+    progress.update(step, f"q_loss {m['q_loss']:.4f} v_loss {m['v_loss']:.4f}")
+
+  state = run_phase("critic", workdir, config, state, total=cc.steps,
+                    chunk=config.train.log_every,
+                    run_chunk=lambda st, start, n: run(st, start, n, trans_n), writer=writer,
+                    log_fn=log)
   return state, q_fn, v_fn
 
 
@@ -219,9 +311,12 @@ def random_policy_returns(config, key, num_episodes):
 # ---------------------------------------------------------------------------------- main
 def train_and_evaluate(config, workdir: str) -> dict:
   validate_config(config)
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):  # resuming: the same config, or a clear error before any work
+    with open(config_path) as f:
+      check_same_config(json.load(f), config, workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=1))
+  _write_atomic(config_path, config.to_json(indent=1))
   writer = logging_lib.MetricWriter(workdir)
   t_start = time.time()
   key = jax.random.key(config.seed)
@@ -237,7 +332,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   print(f"data {env_info['dataset_id']}: {len(eps.lengths)} episodes, {len(trans.obs)} "
         f"transitions, mean return {eps.returns().mean():.2f}", flush=True)
 
-  critic, q_fn, v_fn = train_critic(config, trans_n, k_critic, writer)
+  critic, q_fn, v_fn = train_critic(config, trans_n, k_critic, writer, workdir)
   critic_params = (critic.q.params, critic.v.params)
 
   dmc = builders.make_dmc(config, eps.obs_dim, eps.act_dim)
@@ -255,27 +350,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return jax.lax.scan(body, state, start + jnp.arange(n))
 
   evaluate = make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info)
-  curve = []
   eval_points = set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) if tc.eval_every else set()
-  eval_points.add(tc.steps)
-  chunk = tc.log_every if not tc.eval_every else np.gcd(tc.log_every, tc.eval_every)
-  progress = logging_lib.Progress(f"train {dmc.kind}", tc.steps)
-  for done, n in _chunked(tc.steps, int(chunk)):
-    state, m = run(state, done, n, seg_data)
-    step = done + n
-    m = {k: float(v.mean()) for k, v in m.items()}
-    if not all(np.isfinite(list(m.values()))):
-      raise FloatingPointError(f"non-finite {dmc.kind} metrics at step {step}: {m}")
+  chunk = tc.log_every if not tc.eval_every else int(np.gcd(tc.log_every, tc.eval_every))
+
+  def log(step, m, progress):
     writer.write_scalars(step, {f"train/{k}": v for k, v in m.items()})
     if step % tc.log_every == 0 or step == tc.steps:
       progress.update(step, f"loss {m['loss']:.4f}")
+
+  def curve_point(phase_state, step):
     if step in eval_points and step != tc.steps:
-      em, _ = evaluate(state.ema_params, critic_params, jax.random.fold_in(k_eval, step),
-                       config.eval.curve_episodes)
-      curve.append((step, em["return_mean"], em["return_std"]))
+      em, _ = evaluate(phase_state["train_state"].ema_params, critic_params,
+                       jax.random.fold_in(k_eval, step), config.eval.curve_episodes)
       writer.write_scalars(step, {f"curve/{k}": v for k, v in em.items()})
       print(f"eval @ {step}: return {em['return_mean']:.2f} ± {em['return_std']:.2f}",
             flush=True)
+
+  # The normalisers travel with the state: a resumed run on other data is a clear error.
+  phase_state = {"train_state": state, "obs_norm": obs_norm._asdict(),
+                 "act_norm": act_norm._asdict()}
+
+  def run_dmc(ps, start, n):
+    ts, m = run(ps["train_state"], start, n, seg_data)
+    return dict(ps, train_state=ts), m
+
+  phase_state = run_phase("dmc", workdir, config, phase_state, total=tc.steps, chunk=chunk,
+                          run_chunk=run_dmc, writer=writer, log_fn=log, after_chunk=curve_point)
+  for k, norm in (("obs_norm", obs_norm), ("act_norm", act_norm)):
+    saved, now = phase_state[k], norm._asdict()
+    if not all(np.array_equal(saved[f], now[f]) for f in now):
+      raise checkpoint.CheckpointMismatchError(
+          f"the checkpoint's {k} differs from the one fitted on {env_info['dataset_id']}: the "
+          "dataset changed since the checkpoint was made; use another --workdir")
+  state = phase_state["train_state"]
+  writer.rewind(lambda r: _row_phase(r) < 2)
+  curve = [(r["step"], r["curve/return_mean"], r["curve/return_std"]) for r in writer.rows()
+           if "curve/return_mean" in r]
 
   final, returns = evaluate(state.ema_params, critic_params, jax.random.fold_in(k_eval, 0),
                             config.eval.num_episodes)
@@ -294,8 +404,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "random_return": None if rand is None else float(rand.mean()),
       "curve": curve, "wall_clock_s": time.time() - t_start,
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  _write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   write_table(workdir, results)
   plot_curve(workdir, curve, f"{dmc.kind} on {env_info['dataset_id']}",
              {"dataset": results["dataset_return"], "random policy": results["random_return"]})
@@ -303,6 +412,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f"(95% CI ± {results['return_ci95']:.2f}, {n_ep} episodes); dataset "
         f"{results['dataset_return']:.2f}; random {results['random_return']}", flush=True)
   return results
+
+
+def _write_atomic(path, text):
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 def model_bundle(dmc_params, critic_params, obs_norm, act_norm) -> dict:
@@ -324,8 +439,7 @@ def write_table(workdir, r):
     cols.append(("behaviour density", f"{r['behaviour_density']:.3f}"))
   lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols),
            "| " + " | ".join(str(v) for _, v in cols) + " |"]
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  _write_atomic(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
 
 
 def plot_curve(workdir, curve, title, baselines=None):

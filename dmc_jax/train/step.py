@@ -19,16 +19,38 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(params, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState.create(apply_fn=None, params=params, tx=tx,
-                           ema_params=jax.tree.map(jnp.copy, params))
+  state = TrainState.create(apply_fn=None, params=params, tx=tx,
+                            ema_params=jax.tree.map(jnp.copy, params))
+  return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints keep its dtype
+
+
+def all_finite(*trees) -> jax.Array:
+  """Scalar bool: every floating leaf of every tree is finite."""
+  leaves = [x for t in trees for x in jax.tree.leaves(t)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def keep_if_finite(ok, new, old):
+  """``new`` where ``ok`` else ``old``, leaf by leaf (a skipped update)."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 def make_train_step(loss_fn: Callable, ema_decay: float = 0.995) -> Callable:
-  """One optimiser step on ``loss_fn`` and an EMA update ``ema <- d ema + (1 - d) params``."""
+  """One optimiser step on ``loss_fn`` and an EMA update ``ema <- d ema + (1 - d) params``.
+
+  A step whose loss, gradients or new parameters are not finite is skipped inside the
+  compiled function: the state comes back unchanged and ``metrics["nonfinite"]`` is 1.
+  """
   def step(state: TrainState, key, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
-    state = state.apply_gradients(grads=grads)
-    ema = optax.incremental_update(state.params, state.ema_params, 1.0 - ema_decay)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return state.replace(ema_params=ema), metrics
+    new = state.apply_gradients(grads=grads)
+    ema = optax.incremental_update(new.params, state.ema_params, 1.0 - ema_decay)
+    new = new.replace(ema_params=ema)
+    ok = jnp.isfinite(loss) & all_finite(grads, new.params)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   nonfinite=1.0 - ok.astype(jnp.float32))
+    return keep_if_finite(ok, new, state), metrics
   return step
