@@ -166,3 +166,24 @@ def restore(directory: str, target, step: Optional[int] = None):
   if out is None:
     raise FileNotFoundError(f"no readable checkpoint under {directory}")
   return out.tree
+
+
+def count_unreadable(directory: str) -> tuple:
+  """``(readable, unreadable)`` step counts under ``directory`` (every step is read fully)."""
+  if not os.path.isdir(directory):
+    return 0, 0
+  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+  good = bad = 0
+  try:
+    for s in mngr.all_steps():
+      try:
+        out = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                      meta=ocp.args.JsonRestore()))
+        good += 1 if all_finite(out.state) else 0
+        bad += 0 if all_finite(out.state) else 1
+      except Exception:  # noqa: BLE001 - any read failure is a corrupt checkpoint
+        bad += 1
+  finally:
+    mngr.close()
+  return good, bad

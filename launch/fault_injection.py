@@ -1,0 +1,162 @@
+"""Kills the Nav1D pipeline with SIGKILL at random moments, resumes it, and checks the result.
+
+  python -m launch.fault_injection --workdir=/tmp/faults [--kills=20] [--seed=0] \\
+      [--config=configs/default.py:smoke] [--override=--config.train.log_every=25 ...]
+
+1. runs the job once uninterrupted (reference, in WORKDIR/reference);
+2. runs it in WORKDIR/killed, sending SIGKILL after a random time in ``[0, T_ref]`` and
+   re-running the same command, until ``--kills`` kills have landed; then lets it finish;
+3. compares the final parameters (every checkpoint leaf, bit for bit) and the metrics (every
+   row, without wall-clock time) with the reference, and counts unreadable checkpoints after
+   every kill (must be 0).
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+WORKDIR = flags.DEFINE_string("workdir", None, "scratch root", required=True)
+KILLS = flags.DEFINE_integer("kills", 20, "SIGKILLs to land before letting the job finish")
+SEED = flags.DEFINE_integer("seed", 0, "seed of the kill times")
+CONFIG = flags.DEFINE_string("config", "configs/default.py:smoke", "config of the job")
+OVERRIDES = flags.DEFINE_multi_string("override", [], "extra flags for launch.train")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(config: str, workdir: str, overrides=()) -> list:
+  return [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={workdir}",
+          *overrides]
+
+
+def run(cmd, env=None, timeout=900) -> subprocess.CompletedProcess:
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+  if proc.returncode != 0:
+    raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def run_and_kill(cmd, *, after_s=None, after_line=None, env=None, timeout=900) -> bool:
+  """Starts ``cmd`` and SIGKILLs it after ``after_s`` seconds or once a stdout line contains
+  ``after_line``. Returns True if the kill landed (False: the job finished first)."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+  t0 = time.time()
+  try:
+    if after_line is not None:
+      for line in proc.stdout:
+        if after_line in line:
+          os.killpg(proc.pid, signal.SIGKILL)
+          proc.wait()
+          return True
+        if time.time() - t0 > timeout:
+          break
+      proc.wait()
+      return False
+    try:
+      proc.wait(timeout=after_s)
+      return False
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+      return True
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+
+
+def metric_rows(workdir: str) -> list:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in f]
+
+
+def _load_latest(directory):
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager(directory, item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+  try:
+    step = mngr.latest_step()
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                     meta=ocp.args.JsonRestore()))
+    return step, out.state
+  finally:
+    mngr.close()
+
+
+def compare(ref: str, other: str) -> dict:
+  """Bit-for-bit comparison of the final checkpoints, model bundle and metrics."""
+  import jax
+  out = {"metrics_equal": metric_rows(ref) == metric_rows(other)}
+  max_diff, equal = 0.0, True
+  for sub in ("checkpoints/critic", "checkpoints/dmc", "model"):
+    (s_a, a), (s_b, b) = _load_latest(os.path.join(ref, sub)), _load_latest(
+        os.path.join(other, sub))
+    equal &= s_a == s_b
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      x, y = np.asarray(x), np.asarray(y)
+      equal &= x.shape == y.shape and np.array_equal(x, y)
+      if x.shape == y.shape and np.issubdtype(x.dtype, np.inexact):
+        max_diff = max(max_diff, float(np.max(np.abs(x - y), initial=0.0)))
+  out.update(params_equal=bool(equal), max_abs_diff=max_diff)
+  with open(os.path.join(ref, "results.json")) as f, open(os.path.join(other,
+                                                                       "results.json")) as g:
+    ra, rb = json.load(f), json.load(g)
+  out["results_equal"] = ({k: v for k, v in ra.items() if k != "wall_clock_s"} ==
+                          {k: v for k, v in rb.items() if k != "wall_clock_s"})
+  return out
+
+
+def corrupt_checkpoints(workdir: str) -> int:
+  from dmc_jax.train import checkpoint
+  bad = 0
+  for sub in ("checkpoints/critic", "checkpoints/dmc", "model"):
+    bad += checkpoint.count_unreadable(os.path.join(workdir, sub))[1]
+  return bad
+
+
+def main(argv):
+  del argv
+  rng = random.Random(SEED.value)
+  ref, killed = os.path.join(WORKDIR.value, "reference"), os.path.join(WORKDIR.value, "killed")
+  for d in (ref, killed):
+    shutil.rmtree(d, ignore_errors=True)
+  t0 = time.time()
+  run(command(CONFIG.value, ref, OVERRIDES.value))
+  t_ref = time.time() - t0
+  print(f"reference run: {t_ref:.1f} s", flush=True)
+  cmd = command(CONFIG.value, killed, OVERRIDES.value)
+  kills = attempts = corrupt = 0
+  while kills < KILLS.value:
+    attempts += 1
+    after = rng.uniform(0.0, t_ref)
+    if run_and_kill(cmd, after_s=after):
+      kills += 1
+      bad = corrupt_checkpoints(killed)
+      corrupt += bad
+      print(f"kill {kills}: after {after:.1f} s; unreadable checkpoints: {bad}", flush=True)
+    else:
+      print(f"attempt {attempts}: finished before the kill at {after:.1f} s; starting over "
+            "in a fresh workdir", flush=True)
+      shutil.rmtree(killed, ignore_errors=True)
+  run(cmd)
+  result = dict(compare(ref, killed), kills=kills, attempts=attempts,
+                unreadable_checkpoints=corrupt, reference_s=round(t_ref, 1))
+  print(json.dumps(result, indent=1))
+  ok = (result["params_equal"] and result["metrics_equal"] and result["results_equal"]
+        and corrupt == 0)
+  print("PASS" if ok else "FAIL")
+  if not ok:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
