@@ -137,6 +137,15 @@ class Checkpointer:
       return Restored(s, out.state, dict(out.meta or {}))
     return None
 
+  def restore_untyped(self, step: Optional[int] = None):
+    """The saved tree as nested dicts of arrays (no expected structure: for export and
+    inspection, not for resuming)."""
+    step = self._mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}")
+    return self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())).state
+
   def _drop(self, step, err):
     log.warning("checkpoint %s/%d is unreadable (%s: %s); removing it and falling back to "
                 "the previous one", self.directory, step, type(err).__name__,

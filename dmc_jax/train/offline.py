@@ -35,6 +35,34 @@ from dmc_jax.train import step as step_lib
 
 
 # ---------------------------------------------------------------------------- validation
+def check_schema(config, reference=None, prefix="config") -> None:
+  """Unknown keys, missing keys and wrong types against the reference config
+  (``configs/nav1d.py``'s ``base_config``): one error naming the key."""
+  if reference is None:
+    from configs import nav1d as nav1d_config
+    reference = nav1d_config.base_config()
+  for key in config.keys():
+    if key not in reference:
+      raise ValueError(f"{prefix}.{key} is not a known key; known keys of {prefix}: "
+                       f"{sorted(reference.keys())}")
+  for key in reference.keys():
+    if key not in config:
+      raise ValueError(f"{prefix}.{key} is missing (default {reference[key]!r})")
+    value, ref = config[key], reference[key]
+    if hasattr(ref, "keys"):
+      if not hasattr(value, "keys"):
+        raise ValueError(f"{prefix}.{key} must be a group of keys, got {value!r}")
+      check_schema(value, ref, f"{prefix}.{key}")
+      continue
+    ok = (isinstance(value, type(ref)) and not (isinstance(value, bool) and
+                                                 not isinstance(ref, bool))) or (
+        isinstance(ref, float) and isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(ref, (tuple, list)) and isinstance(value, (tuple, list)))
+    if not ok:
+      raise ValueError(f"{prefix}.{key}={value!r} has type {type(value).__name__}; expected "
+                       f"{type(ref).__name__} (like the default {ref!r})")
+
+
 def validate_config(config) -> None:
   """Raises ``ValueError`` naming the key, the value and what is allowed (before any work)."""
   def bad(key, value, allowed):
@@ -51,6 +79,7 @@ def validate_config(config) -> None:
       if not (isinstance(v, (int, float)) and v > 0):
         bad(key, v, "a positive number")
 
+  check_schema(config)
   one_of("task", config.task, ("nav1d", "minari"))
   if config.task == "nav1d":
     one_of("data.dataset", config.data.dataset, nav1d.DATASET_KINDS)

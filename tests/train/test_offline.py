@@ -8,13 +8,14 @@ from absl.testing import absltest
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from configs import nav1d as nav1d_config
 from dmc_jax.critics import iql
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import nav1d_data
-from dmc_jax.train import builders, checkpoint, loop, offline
+from dmc_jax.train import builders, checkpoint, export, loop, offline
 
 
 class OfflineEndToEndTest(absltest.TestCase):
@@ -38,9 +39,19 @@ class OfflineEndToEndTest(absltest.TestCase):
       bundle = checkpoint.restore(os.path.join(wd, "model"), self.bundle_like(c))
       self.assertEqual(set(bundle), {"dmc", "critic", "obs_norm", "act_norm"})
       np.testing.assert_allclose(bundle["act_norm"]["scale"], 1.0, atol=1e-3)  # actions ±1
+      # The exported artifact evaluates to the same numbers without the workdir.
+      art = os.path.join(tempfile.mkdtemp(), "artifact")
+      export.export(wd, art)
       saved = json.load(open(os.path.join(wd, "results.json")))
       self.assertAlmostEqual(saved["return_mean"], r["return_mean"])
       self.assertTrue(np.isfinite(saved["return_ci95"]))
+    metrics = export.evaluate(art)
+    self.assertEqual(metrics["return_mean"], r["return_mean"])
+    self.assertEqual(metrics["behaviour_density"], r["behaviour_density"])
+    with open(os.path.join(art, "config.json"), "w") as f:  # an artifact of another model
+      f.write(nav1d_config.get_config("dd,expert,smoke").to_json())
+    with self.assertRaisesRegex(checkpoint.CheckpointMismatchError, "does not match"):
+      export.load(art)
 
   def bundle_like(self, c):
     dmc = builders.make_dmc(c, 4, 1)
@@ -77,12 +88,20 @@ class OfflineEndToEndTest(absltest.TestCase):
         ("model.max_known", 8, r"config.model.max_known=8.*\[1, model.horizon - 1 = 7\]"),
         ("critic.expectile", 1.5, r"config.critic.expectile=1.5"),
         ("diffusion.sample_steps", 50, r"sample_steps=50.*at most diffusion.train_steps=10"),
-        ("train.lr", -1.0, r"config.train.lr=-1.0 is invalid: a positive number")):
-      c = nav1d_config.get_config("diffuser,full,smoke")
+        ("train.lr", -1.0, r"config.train.lr=-1.0 is invalid: a positive number"),
+        ("train.steps", "100", r"config.train.steps='100' has type str; expected int"),
+        ("model.unet_attention", 1, r"config.model.unet_attention=1 has type int; expected "
+                                    r"bool")):
+      c = nav1d_config.get_config("diffuser,full,smoke").to_dict()
       group, name = key.split(".")
-      c[group][name] = value
+      c[group][name] = value  # a plain dict: ConfigDict itself refuses some type changes
       with self.assertRaisesRegex(ValueError, pattern):
-        loop.validate_config(c)
+        loop.validate_config(ml_collections.ConfigDict(c))
+    c = nav1d_config.get_config("dp,full,smoke")
+    with c.unlocked():
+      c.model.widht = 3
+    with self.assertRaisesRegex(ValueError, r"config.model.widht is not a known key"):
+      loop.validate_config(c)
 
 
 if __name__ == "__main__":

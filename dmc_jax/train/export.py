@@ -1,0 +1,106 @@
+"""Self-contained model artifacts (SHELL): merged parameters + config, no workdir needed.
+
+``export(workdir, out_dir)`` reads a finished job's model bundle and ``config.json``, merges
+LoRA adapters into the base weights (``W + scale * a @ b``) when the bundle holds them, and
+writes ``out_dir/{artifact.json, config.json, params/}``. ``load(out_dir)`` restores it against
+the structure the config implies (a foreign or damaged artifact is a clear error), and
+``evaluate(out_dir)`` runs the same evaluation as the training job.
+"""
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import ml_collections
+import optax
+
+from dmc_jax.critics import iql
+from dmc_jax.data.episodes import Normalizer
+from dmc_jax.networks.lora import merge_lora
+from dmc_jax.train import builders, checkpoint
+
+FORMAT = "dmc_jax.artifact/1"
+
+
+class Artifact(NamedTuple):
+  config: ml_collections.ConfigDict
+  dmc_params: dict
+  critic_params: tuple  # (q_params, v_params)
+  obs_norm: Normalizer
+  act_norm: Normalizer
+
+
+def _bundle_target(config, obs_dim: int, act_dim: int) -> dict:
+  from dmc_jax.train.offline import model_bundle
+  dmc = builders.make_dmc(config, obs_dim, act_dim)
+  q_mod, v_mod, *_ = builders.make_critic(config)
+  st = iql.init_iql(jax.random.key(0), q_mod, v_mod, obs_dim, act_dim, optax.sgd(0.0),
+                    optax.sgd(0.0))
+  norm = lambda d: Normalizer(jax.numpy.zeros(d), jax.numpy.ones(d))
+  return model_bundle(dmc.init(jax.random.key(0)), (st.q.params, st.v.params), norm(obs_dim),
+                      norm(act_dim))
+
+
+def export(workdir: str, out_dir: str, lora_scale: float = 1.0) -> str:
+  """Writes the artifact of the finished job in ``workdir``; returns ``out_dir``."""
+  path = os.path.join(workdir, "model")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{workdir} has no model bundle (model/): has the job finished?")
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  ckpt = checkpoint.Checkpointer(path)
+  try:
+    bundle = ckpt.restore_untyped()
+  finally:
+    ckpt.close()
+  dmc = bundle["dmc"]
+  if isinstance(dmc, dict) and set(dmc) == {"base", "lora"}:
+    dmc = merge_lora(dmc["base"], dmc["lora"], lora_scale)
+  bundle = dict(bundle, dmc=dmc)
+  obs_dim = len(bundle["obs_norm"]["shift"])
+  act_dim = len(bundle["act_norm"]["shift"])
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=1))
+  checkpoint.save(os.path.join(out_dir, "params"), 0, bundle)
+  info = {"format": FORMAT, "obs_dim": obs_dim, "act_dim": act_dim,
+          "model": config.model.kind, "dataset": config.data.dataset,
+          "source_workdir": os.path.abspath(workdir)}
+  with open(os.path.join(out_dir, "artifact.json"), "w") as f:
+    json.dump(info, f, indent=1)
+  return out_dir
+
+
+def load(out_dir: str) -> Artifact:
+  """Loads an artifact written by :func:`export`."""
+  info_path = os.path.join(out_dir, "artifact.json")
+  if not os.path.exists(info_path):
+    raise FileNotFoundError(f"{out_dir} is not a dmc_jax artifact (no artifact.json)")
+  with open(info_path) as f:
+    info = json.load(f)
+  if info.get("format") != FORMAT:
+    raise ValueError(f"{out_dir}: artifact format {info.get('format')!r}, expected {FORMAT!r}")
+  with open(os.path.join(out_dir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  target = _bundle_target(config, info["obs_dim"], info["act_dim"])
+  bundle = checkpoint.restore(os.path.join(out_dir, "params"), target)
+  return Artifact(config, bundle["dmc"], (bundle["critic"]["q"], bundle["critic"]["v"]),
+                  Normalizer(**bundle["obs_norm"]), Normalizer(**bundle["act_norm"]))
+
+
+def evaluate(out_dir: str, num_episodes: int | None = None, seed: int | None = None) -> dict:
+  """The training job's final evaluation, from the artifact alone (same keys for the same
+  seed, so it reproduces ``results.json``)."""
+  from dmc_jax.train import offline
+  art = load(out_dir)
+  config = art.config
+  if config.task != "nav1d":
+    raise NotImplementedError("artifact evaluation runs Nav1D; use launch.train for others")
+  dmc = builders.make_dmc(config, art.obs_norm.shift.shape[0], art.act_norm.shift.shape[0])
+  _, _, q_fn, v_fn, *_ = builders.make_critic(config)
+  evaluate_fn = offline.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
+                                       {"dataset_id": config.data.dataset})
+  k_eval = jax.random.split(jax.random.key(config.seed if seed is None else seed), 4)[3]
+  metrics, _ = evaluate_fn(art.dmc_params, art.critic_params, jax.random.fold_in(k_eval, 0),
+                           num_episodes or config.eval.num_episodes)
+  return metrics
