@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from dmc_jax.finite import all_finite, keep_if_finite
+
 
 def expectile_loss(diff, expectile: float):
   """``|tau - 1(diff < 0)| * diff^2`` elementwise."""
@@ -45,7 +47,8 @@ def init_iql(key, q_module, v_module, obs_dim: int, act_dim: int,
 def make_iql_update(q_fn: Callable, v_fn: Callable, *, discount: float = 0.99,
                     expectile: float = 0.7, target_update_rate: float = 0.005) -> Callable:
   """``update(state, batch) -> (state, metrics)``; ``batch`` has ``obs, actions, rewards,
-  next_obs, dones`` (``[B, ...]``). Non-finite updates are skipped (``metrics["nonfinite"]``). ``q_fn(params, obs, act) -> [2, B]``,
+  next_obs, dones`` (``[B, ...]``). Non-finite updates are skipped (``metrics["nonfinite"]``).
+  ``q_fn(params, obs, act) -> [2, B]``,
   ``v_fn(params, obs) -> [B]``."""
 
   def value_loss(v_params, target_q, obs):
@@ -73,9 +76,8 @@ def make_iql_update(q_fn: Callable, v_fn: Callable, *, discount: float = 0.99,
     new = state.replace(q=q_state, v=v_state, target_q_params=target_params,
                         step=state.step + 1)
     # A non-finite update is skipped inside the compiled function (state unchanged).
-    ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
-        (v_grads, q_grads, q_state.params, v_state.params))]))
-    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    ok = all_finite(v_grads, q_grads, q_state.params, v_state.params)
+    new = keep_if_finite(ok, new, state)
     return new, {**v_metrics, **q_metrics, "nonfinite": 1.0 - ok.astype(jnp.float32)}
 
   return update

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from dmc_jax.finite import all_finite, keep_if_finite
+
 
 class TrainState(train_state.TrainState):
   """Flax TrainState plus an EMA copy of the params (used for evaluation)."""
@@ -22,20 +24,6 @@ def create_train_state(params, tx: optax.GradientTransformation) -> TrainState:
   state = TrainState.create(apply_fn=None, params=params, tx=tx,
                             ema_params=jax.tree.map(jnp.copy, params))
   return state.replace(step=jnp.zeros((), jnp.int32))  # an array, so checkpoints keep its dtype
-
-
-def all_finite(*trees) -> jax.Array:
-  """Scalar bool: every floating leaf of every tree is finite."""
-  leaves = [x for t in trees for x in jax.tree.leaves(t)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  if not leaves:
-    return jnp.array(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def keep_if_finite(ok, new, old):
-  """``new`` where ``ok`` else ``old``, leaf by leaf (a skipped update)."""
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 def make_train_step(loss_fn: Callable, ema_decay: float = 0.995) -> Callable:
