@@ -82,16 +82,13 @@ def metric_rows(workdir: str) -> list:
 
 
 def _load_latest(directory):
-  import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(directory, item_handlers={
-      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+  from dmc_jax.train import checkpoint
+  ckpt = checkpoint.Checkpointer(directory)
   try:
-    step = mngr.latest_step()
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                     meta=ocp.args.JsonRestore()))
-    return step, out.state
+    steps = ckpt.all_steps()
+    return steps[-1], ckpt.restore_untyped(steps[-1])
   finally:
-    mngr.close()
+    ckpt.close()
 
 
 def compare(ref: str, other: str) -> dict:

@@ -178,21 +178,19 @@ def restore(directory: str, target, step: Optional[int] = None):
 
 
 def count_unreadable(directory: str) -> tuple:
-  """``(readable, unreadable)`` step counts under ``directory`` (every step is read fully)."""
+  """``(readable, unreadable)`` step counts under ``directory`` (every step is read fully;
+  a step with a non-finite value counts as unreadable)."""
   if not os.path.isdir(directory):
     return 0, 0
-  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
-      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+  ckpt = Checkpointer(directory)
   good = bad = 0
   try:
-    for s in mngr.all_steps():
+    for s in ckpt.all_steps():
       try:
-        out = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                      meta=ocp.args.JsonRestore()))
-        good += 1 if all_finite(out.state) else 0
-        bad += 0 if all_finite(out.state) else 1
+        ok = all_finite(ckpt.restore_untyped(s))
       except Exception:  # noqa: BLE001 - any read failure is a corrupt checkpoint
-        bad += 1
+        ok = False
+      good, bad = good + ok, bad + (not ok)
   finally:
-    mngr.close()
+    ckpt.close()
   return good, bad

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from dmc_jax.critics import iql
 from dmc_jax.critics.selection import SELECTIONS
@@ -139,7 +140,6 @@ def load_data(config):
         seed=config.data.collect_seed)
     eps, _ = minari_io.load_episodes(did, (nav1d.OBS_DIM,), (nav1d.ACT_DIM,))
     return eps, {"dataset_id": did}
-  import gymnasium as gym
   ds = minari_io.open_dataset(config.data.dataset)
   env = ds.recover_environment()
   eps, _ = minari_io.load_episodes(config.data.dataset, env.observation_space.shape,
@@ -158,7 +158,8 @@ def _chunked(start, total, chunk):
 PHASES = ("critic", "dmc", "eval")
 _PREFIX_PHASE = {"critic": 0, "train": 1, "curve": 1, "eval": 2}
 # Keys that may change between a run and its resumption (they do not change what is trained).
-RESUMABLE_KEYS = ("eval.", "train.steps", "critic.steps")
+RESUMABLE_KEYS = ("train.steps", "critic.steps")
+RESUMABLE_GROUPS = ("eval.",)
 
 
 def _row_phase(row) -> int:
@@ -168,22 +169,12 @@ def _row_phase(row) -> int:
   return 2
 
 
-def _flat_config(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat_config(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def check_same_config(saved: dict, config, where: str) -> None:
   """A checkpoint made with another config is an error naming the differing keys."""
-  now = _flat_config(json.loads(config.to_json()))
-  old = _flat_config(saved)
-  diff = [k for k in sorted(set(now) | set(old)) if not k.startswith(RESUMABLE_KEYS[0])
-          and k not in RESUMABLE_KEYS[1:] and now.get(k) != old.get(k)]
+  now = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+  old = traverse_util.flatten_dict(saved, sep=".")
+  diff = [k for k in sorted(set(now) | set(old)) if not k.startswith(RESUMABLE_GROUPS)
+          and k not in RESUMABLE_KEYS and now.get(k) != old.get(k)]
   if diff:
     shown = "; ".join(f"{k}: {old.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
                       for k in diff[:6])

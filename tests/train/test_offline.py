@@ -3,19 +3,13 @@ import json
 import os
 import tempfile
 
+import ml_collections
 import numpy as np
 from absl.testing import absltest
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import optax
-
 from configs import nav1d as nav1d_config
-from dmc_jax.critics import iql
-from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import nav1d_data
-from dmc_jax.train import builders, checkpoint, export, loop, offline
+from dmc_jax.train import checkpoint, export, loop
 
 
 class OfflineEndToEndTest(absltest.TestCase):
@@ -36,7 +30,7 @@ class OfflineEndToEndTest(absltest.TestCase):
       self.assertGreater(r["behaviour_density"], 1.0)
       self.assertEqual([s for s, _, _ in r["curve"]], [300, 600])
       # The saved model bundle reproduces the evaluation's normalisers and parameters.
-      bundle = checkpoint.restore(os.path.join(wd, "model"), self.bundle_like(c))
+      bundle = checkpoint.restore(os.path.join(wd, "model"), export._bundle_target(c, 4, 1))
       self.assertEqual(set(bundle), {"dmc", "critic", "obs_norm", "act_norm"})
       np.testing.assert_allclose(bundle["act_norm"]["scale"], 1.0, atol=1e-3)  # actions ±1
       # The exported artifact evaluates to the same numbers without the workdir.
@@ -52,14 +46,6 @@ class OfflineEndToEndTest(absltest.TestCase):
       f.write(nav1d_config.get_config("dd,expert,smoke").to_json())
     with self.assertRaisesRegex(checkpoint.CheckpointMismatchError, "does not match"):
       export.load(art)
-
-  def bundle_like(self, c):
-    dmc = builders.make_dmc(c, 4, 1)
-    q_mod, v_mod, *_ = builders.make_critic(c)
-    st = iql.init_iql(jax.random.key(0), q_mod, v_mod, 4, 1, optax.sgd(0.0), optax.sgd(0.0))
-    norm = lambda d: ep_lib.Normalizer(jnp.zeros(d), jnp.ones(d))
-    return offline.model_bundle(dmc.init(jax.random.key(0)), (st.q.params, st.v.params),
-                                norm(4), norm(1))
 
   def test_minari_task_uses_the_gymnasium_loop(self):
     """task=minari: the env comes from the dataset's spec and runs in the vector-env loop."""
