@@ -111,7 +111,6 @@ class PolicyTest(absltest.TestCase):
     kw = dict(obs_norm=obs_norm, act_norm=act_norm, num_candidates=6, q_fn=q_fn, v_fn=v_fn)
     act = policy_lib.make_policy(model, selection="argmax", **kw)
     actions, info = act(params, (None, None), jax.random.key(2), hist)
-    prop = model.propose(params, jax.random.key(2), obs_norm.normalize(hist), 6)
     k_prop, _ = jax.random.split(jax.random.key(2))
     prop = model.propose(params, k_prop, obs_norm.normalize(hist), 6)
     best = jnp.max(prop.actions[:, :, 0, 0], 1)
