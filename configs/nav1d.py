@@ -82,6 +82,70 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 1000  # steps between learning-curve evaluations (0 = only at the end)
   c.train.keep_checkpoints = 3  # checkpoints kept per phase (saved after every chunk)
 
+  c.align = ml_collections.ConfigDict()
+  c.align.stages = ("rl", "dpo", "sft")  # stage order in each pass ((): no alignment)
+  c.align.passes = 1  # passes over the stages
+  c.align.batch_size = 32  # contexts (dataset histories) per update, split over devices
+  c.align.updates_per_chunk = 10  # updates between two scheduler decisions / checkpoints
+  c.align.min_chunks = 2  # chunks before a plateau can end a stage
+  c.align.max_chunks = 6  # chunks per stage visit at most
+  c.align.patience = 2  # chunks without a gain above tol that count as a plateau
+  c.align.tol = 0.02  # gain that counts, in units of the tracked reward's initial std
+  c.align.drop_tol = 1.0  # reward drop that counts as a collapse, same units
+  c.align.spike_factor = 10.0  # |loss| above this times the stage's median is a collapse
+  c.align.max_nonfinite = 0.5  # share of skipped (non-finite) updates that is a collapse
+  c.align.lr_decay = 0.5  # learning-rate factor after each rollback
+  c.align.max_rollbacks = 3  # rollbacks per stage visit before moving on
+  c.align.lora_rank = 8  # LoRA rank on every dense/conv kernel of the denoiser
+  c.align.lora_alpha = 8.0  # LoRA scale alpha / rank
+  c.align.track_contexts = 256  # held-out contexts of the tracked reward
+  c.align.parallel = "shard_map"  # none | pmap | shard_map (over all local devices)
+  c.align.eval_selections = ("first", "argmax")  # selections evaluated before -> after
+  c.align.rl = ml_collections.ConfigDict()
+  c.align.rl.method = "ppo"  # ppo | reinforce | qgrad
+  c.align.rl.lr = 3e-4  # Adam learning rate
+  c.align.rl.num_samples = 8  # chains per context (advantage baseline = the context's mean)
+  c.align.rl.epochs = 2  # PPO passes over each sampled batch
+  c.align.rl.minibatches = 1  # PPO sample minibatches per pass
+  c.align.rl.step_groups = 2  # PPO denoising-step groups per pass (steps shuffled per sample)
+  c.align.rl.clip_eps = 0.2  # PPO ratio clip
+  c.align.rl.kl_coef = 0.01  # weight of the per-step KL to the reference
+  c.align.rl.credit = "uniform"  # uniform | decreasing | similarity (per-step credit)
+  c.align.rl.credit_decay = 0.9  # decreasing credit: decay per step away from x_0
+  c.align.rl.adv_clip = 5.0  # advantage clip (in stds)
+  c.align.rl.stochastic_scale = 1.0  # DDIM eta / flow noise scale of the RL sampler
+  c.align.rl.entropy_coef = 0.0  # nearest-neighbour entropy bonus of the candidates
+  c.align.rl.num_grad_steps = (2,)  # qgrad: K per pass (the last one repeats)
+  c.align.rl.reg_coef = 1.0  # qgrad: weight of ||x_0 - x_0_ref||^2 (same noise)
+  c.align.dpo = ml_collections.ConfigDict()
+  c.align.dpo.lr = 3e-4  # Adam learning rate
+  c.align.dpo.beta = 200.0  # DPO beta
+  c.align.dpo.num_samples = 4  # samples per context; best and worst form the pair
+  c.align.dpo.weighting = "constant"  # constant | snr | min_snr | sigmoid
+  c.align.dpo.sample_from = "current"  # current | reference
+  c.align.sft = ml_collections.ConfigDict()
+  c.align.sft.lr = 3e-4  # Adam learning rate
+  c.align.sft.num_samples = 8  # samples per context
+  c.align.sft.keep_frac = 0.25  # share of all samples kept (highest rewards)
+  c.align.sft.lik_quantile = 0.2  # drop samples below this quantile of reference likelihood
+  c.align.sft.lik_draws = 4  # noise draws of the likelihood proxy
+  c.align.sft.sample_from = "current"  # current (iterated SFT) | reference
+  c.align.cascade = ml_collections.ConfigDict()
+  c.align.cascade.enabled = False  # train a cascade after the stages and append it
+  c.align.cascade.mode = "latent"  # latent (share z_t) | inpaint (share a contiguous block)
+  c.align.cascade.share_step = 5  # latent: chain step whose z_t the pair shares
+  c.align.cascade.block = (0.5, 1.0)  # inpaint: shared block, fractions of the horizon
+  c.align.cascade.num_candidates = 4  # alternatives generated per first sample
+  c.align.cascade.updates = 100  # cascade optimiser steps
+  c.align.cascade.lr = 1e-3  # Adam learning rate
+  c.align.cascade.hidden = 128  # adapter MLP width
+  c.align.cascade.passes = 1  # cascade passes at inference (1-2)
+  c.align.online = ml_collections.ConfigDict()
+  c.align.online.enabled = False  # roll out the aligned model and keep training the critic
+  c.align.online.episodes = 16  # episodes rolled out after every chunk
+  c.align.online.critic_steps = 50  # IQL steps after every chunk (half online data)
+  c.align.online.capacity = 20000  # online transitions kept
+
   c.eval = ml_collections.ConfigDict()
   c.eval.num_episodes = 64  # episode seeds of the final evaluation
   c.eval.curve_episodes = 16  # episode seeds of each learning-curve point
@@ -117,6 +181,12 @@ def apply_smoke(c):
   c.diffusion.train_steps, c.diffusion.sample_steps = 10, 4
   c.eval.num_episodes, c.eval.curve_episodes, c.eval.num_candidates = 8, 4, 4
   c.data.num_episodes = 100
+  c.align.batch_size, c.align.updates_per_chunk, c.align.max_chunks = 8, 2, 2
+  c.align.min_chunks, c.align.track_contexts = 1, 16
+  c.align.rl.num_samples, c.align.sft.num_samples, c.align.dpo.num_samples = 4, 4, 2
+  c.align.sft.lik_draws, c.align.cascade.updates, c.align.cascade.hidden = 2, 4, 16
+  c.align.cascade.share_step = 2
+  c.align.online.episodes, c.align.online.critic_steps = 4, 4
   if c.model.horizon > 8:
     c.model.horizon = 8
   return c

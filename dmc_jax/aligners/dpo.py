@@ -4,15 +4,16 @@ Winner ``x^w`` and loser ``x^l`` are noised with the same ``t`` and ``eps``; wit
 ``e(p, x) = ||eps - eps_p(x_t, t)||^2`` (mean over the entries of a sample),
 ``loss = -log sigmoid(-beta * w(lambda_t) * [(e(theta, x^w) - e(ref, x^w)) -
 (e(theta, x^l) - e(ref, x^l))])``. At ``theta = ref`` it is ``log 2``.
+
+``dpo_loss`` on given pairs, and ``make_dpo_aligner``: the per-device update that makes the
+pairs from the model's own samples ranked by the critic.
 """
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from dmc_jax.diffusion import losses
-from dmc_jax.diffusion import parametrization as P
-from dmc_jax.diffusion import schedules as S
+from dmc_jax.aligners import base
 
 SNR_WEIGHTS = ("constant", "snr", "min_snr", "sigmoid")
 
@@ -31,41 +32,93 @@ def snr_weight(kind: str, log_snr, gamma: float = 5.0):
   raise ValueError(f"unknown SNR weighting {kind!r}; known: {SNR_WEIGHTS}")
 
 
-def eps_error(denoise_fn: Callable, params, x_t, t, alpha, sigma, eps, cond, pred_type: str,
-              mask=None):
-  """Per-sample ``||eps - eps_hat||^2`` averaged over the (masked) entries -> ``[B]``."""
-  pred = denoise_fn(params, x_t, t, cond, None)
-  _, eps_hat = P.to_x0_eps(pred, x_t, alpha, sigma, pred_type)
-  err = jnp.square(eps - eps_hat)
-  if mask is None:
-    return jnp.mean(err.reshape(err.shape[0], -1), -1)
-  m = jnp.broadcast_to(jnp.asarray(mask, err.dtype), err.shape).reshape(err.shape[0], -1)
-  return jnp.sum(err.reshape(err.shape[0], -1) * m, -1) / jnp.maximum(jnp.sum(m, -1), 1.0)
-
-
-def dpo_loss(params, ref_params, key, x_w, x_l, cond=None, *, denoise_fn: Callable,
-             sched: S.Schedule, beta, pred_type: str = "eps", weighting: str = "constant",
-             mask: Optional[jax.Array] = None, inpaint_mask: Optional[jax.Array] = None):
+def dpo_loss(params, ref_params, keys, x_w, x_l, cond=None, *, errors_fn: Callable, beta,
+             weighting: str = "constant", inpaint_mask: Optional[jax.Array] = None,
+             weights: Optional[jax.Array] = None, denom=None):
   """Diffusion-DPO loss on pairs ``x_w, x_l [B, ...]`` (``beta`` may be traced).
+
+  Args:
+    params, ref_params: denoiser params of the aligned model and of the reference.
+    keys: ``[B]`` one key per pair: its winner and loser, under ``params`` and under the
+      reference, are noised with the same ``t`` and ``eps``.
+    errors_fn: a generator's ``errors`` (each sample's training error, with its log-SNR):
+      ``||eps - eps_hat||^2`` for eps-prediction (the paper's form), the model's own target
+      (``x0``, ``v``, flow velocity) otherwise.
+    weighting: the SNR weighting ``w(lambda_t)``.
+    inpaint_mask: ``[B, ...]`` entries imposed at sampling time (left out of the errors).
+    weights: optional ``[B]`` pair weights (e.g. 0 for pairs with equal rewards).
+    denom: the normaliser of the weighted sums (default ``sum(weights)``); data-parallel
+      callers pass the global one.
 
   Returns ``(loss, metrics)`` with the implicit reward margin and the preference accuracy
   (the share of pairs where the model already prefers the winner more than the reference).
   """
-  k_t, k_eps = jax.random.split(key)
-  batch = x_w.shape[0]
-  t, alpha, sigma = losses.sample_time(k_t, sched, batch)
-  eps = jax.random.normal(k_eps, x_w.shape, x_w.dtype)
-  free = mask
-  xs = []
-  for x in (x_w, x_l):
-    x_t = P.q_sample(x, eps, alpha, sigma)
-    x_t, free = losses.impose_known(x_t, x, inpaint_mask, mask)
-    xs.append(x_t)
-  err = lambda p, x_t: eps_error(denoise_fn, p, x_t, t, alpha, sigma, eps, cond, pred_type, free)
+  err = lambda p, x: base.sample_errors(errors_fn, p, keys, x, cond, inpaint_mask)
   ref = jax.lax.stop_gradient(ref_params)
-  margin = (err(params, xs[0]) - err(ref, xs[0])) - (err(params, xs[1]) - err(ref, xs[1]))
-  lam = jnp.log(jnp.square(alpha) / jnp.square(sigma))
+  (e_w, lam), (e_l, _) = err(params, x_w), err(params, x_l)
+  (r_w, _), (r_l, _) = err(ref, x_w), err(ref, x_l)
+  margin = (e_w - r_w) - (e_l - r_l)
   logits = -beta * snr_weight(weighting, lam) * margin
-  loss = -jnp.mean(jax.nn.log_sigmoid(logits))
-  return loss, {"loss": loss, "dpo_margin": jnp.mean(-margin),
-                "dpo_accuracy": jnp.mean(logits > 0)}
+  if weights is None:
+    weights = jnp.ones_like(margin)
+  denom = jnp.maximum(jnp.sum(weights) if denom is None else denom, 1e-8)
+  loss = -jnp.sum(weights * jax.nn.log_sigmoid(logits)) / denom
+  return loss, {"dpo_loss": loss, "dpo_margin": jnp.sum(weights * -margin) / denom,
+                "dpo_accuracy": jnp.sum(weights * (logits > 0)) / denom}
+
+
+def make_dpo_aligner(sampling, reward_fn: Callable, tx, *, beta: float, num_samples: int = 4,
+                     weighting: str = "constant", lora_rank: int = 8, lora_scale: float = 1.0,
+                     sample_from: str = "current", axis_name=None):
+  """Diffusion-DPO update: per context, ``num_samples`` samples from the current model (or
+  the reference, ``sample_from="reference"``) ranked by ``reward_fn``; the best and the worst
+  form the pair (pairs with equal rewards get weight 0); one gradient step on
+  :func:`dpo_loss` against the reference (the base params, adapters off)."""
+  if sample_from not in ("current", "reference"):
+    raise ValueError(f"sample_from must be 'current' or 'reference', got {sample_from!r}")
+  if num_samples < 2:
+    raise ValueError(f"DPO needs at least 2 samples per context, got {num_samples}")
+  if weighting not in SNR_WEIGHTS:
+    raise ValueError(f"unknown SNR weighting {weighting!r}; known: {SNR_WEIGHTS}")
+
+  def init(key, base_params):
+    return base.init_state(base.init_lora(key, sampling, base_params, lora_rank), tx)
+
+  def update(state, base_params, critic_params, batch, key):
+    hist = batch["hist"]
+    b = hist.shape[0]
+    k_sample, k_noise = jax.random.split(key)
+    ids = base.global_ids(b, axis_name)
+    hist_rep, sid = base.repeat_contexts(hist, ids, num_samples)
+    lora = state.params if sample_from == "current" else None
+    params = jax.lax.stop_gradient(
+        base.aligned_params(sampling, base_params, lora, lora_scale))
+    smp = base.sample_contexts(sampling, sampling.gen.sample, params,
+                               base.per_sample_keys(k_sample, sid), hist_rep)
+    r = reward_fn(params, critic_params[0], smp.x_0, hist_rep).reshape(b, num_samples)
+    x = smp.x_0.reshape((b, num_samples) + smp.x_0.shape[1:])
+    pick = lambda idx: jnp.take_along_axis(
+        x, idx.reshape((b, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
+    x_w, x_l = pick(jnp.argmax(r, 1)), pick(jnp.argmin(r, 1))
+    first = lambda a: a.reshape((b, num_samples) + a.shape[1:])[:, 0]
+    cond = jax.tree.map(first, smp.cond)
+    imask = None if smp.inpaint is None else first(smp.inpaint.mask)
+    pair_w = (jnp.max(r, 1) > jnp.min(r, 1)).astype(jnp.float32)
+    keys = base.per_sample_keys(k_noise, ids)
+    ref_d = sampling.get(base_params)
+    # Global weighted mean: the caller averages the per-device losses over devices.
+    denom = base.psum(jnp.sum(pair_w), axis_name) / base.num_devices(axis_name)
+
+    def loss_fn(lo):
+      dparams = sampling.get(base.aligned_params(sampling, base_params, lo, lora_scale))
+      return dpo_loss(dparams, ref_d, keys, x_w, x_l, cond, errors_fn=sampling.gen.errors,
+                      beta=beta, weighting=weighting, inpaint_mask=imask, weights=pair_w,
+                      denom=denom)
+
+    (loss, m), grads = base.value_and_grad(loss_fn, state.params, axis_name)
+    new, m = base.apply_gradients(state, tx, loss, grads, m)
+    m["reward"], m["reward_std"] = base.global_mean_std(r, axis_name)
+    m.update(reward_gap=base.pmean(jnp.mean(jnp.max(r, 1) - jnp.min(r, 1)), axis_name))
+    return new, m
+
+  return base.Aligner(init, update)

@@ -6,8 +6,12 @@ denoising loss averaged over noise levels (an ELBO estimate up to constants): sa
 reference finds implausible (off its data manifold) are dropped even if the critic likes
 them — the critic's values there are extrapolations.
 """
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+from dmc_jax.aligners import base
 
 
 def select_for_sft(rewards, ref_log_lik, *, top_k: int, min_log_lik):
@@ -20,3 +24,68 @@ def select_for_sft(rewards, ref_log_lik, *, top_k: int, min_log_lik):
   rank = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0]))
   keep = eligible & (rank < top_k)
   return keep, keep / jnp.maximum(jnp.sum(keep), 1)
+
+
+def make_sft_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 8,
+                     keep_frac: float = 0.25, lik_quantile: float = 0.2, lik_draws: int = 4,
+                     lora_rank: int = 8, lora_scale: float = 1.0, sample_from: str = "current",
+                     axis_name=None):
+  """SFT update: ``num_samples`` samples per context from the current model (iterated SFT)
+  or the reference; the reference likelihood proxy is ``-mean_d e_ref(x)`` over
+  ``lik_draws`` noise draws; samples below the ``lik_quantile`` quantile of the (global) batch
+  are dropped, and the ``keep_frac`` share of all samples with the highest rewards among the
+  rest is kept; one step of the ordinary diffusion loss on those (in-painted entries
+  excluded, as in pretraining)."""
+  if sample_from not in ("current", "reference"):
+    raise ValueError(f"sample_from must be 'current' or 'reference', got {sample_from!r}")
+  if not 0 < keep_frac <= 1:
+    raise ValueError(f"keep_frac must be in (0, 1], got {keep_frac}")
+  if not 0 <= lik_quantile < 1:
+    raise ValueError(f"lik_quantile must be in [0, 1), got {lik_quantile}")
+
+  def init(key, base_params):
+    return base.init_state(base.init_lora(key, sampling, base_params, lora_rank), tx)
+
+  def update(state, base_params, critic_params, batch, key):
+    hist = batch["hist"]
+    b = hist.shape[0]
+    k_sample, k_lik, k_loss = jax.random.split(key, 3)
+    hist_rep, sid = base.repeat_contexts(hist, base.global_ids(b, axis_name), num_samples)
+    lora = state.params if sample_from == "current" else None
+    params = jax.lax.stop_gradient(
+        base.aligned_params(sampling, base_params, lora, lora_scale))
+    smp = base.sample_contexts(sampling, sampling.gen.sample, params,
+                               base.per_sample_keys(k_sample, sid), hist_rep)
+    r = reward_fn(params, critic_params[0], smp.x_0, hist_rep)
+    imask = None if smp.inpaint is None else smp.inpaint.mask
+    ref_d = sampling.get(base_params)
+    lik = -jnp.mean(jnp.stack([
+        base.sample_errors(sampling.gen.errors, ref_d,
+                           base.per_sample_keys(jax.random.fold_in(k_lik, d), sid), smp.x_0,
+                           smp.cond, imask)[0] for d in range(lik_draws)]), 0)
+    r_all, lik_all = base.all_gather(r, axis_name), base.all_gather(lik, axis_name)
+    n_all = r_all.shape[0]
+    keep_all, w_all = select_for_sft(r_all, lik_all, top_k=max(1, int(keep_frac * n_all)),
+                                     min_log_lik=jnp.quantile(lik_all, lik_quantile))
+    n = r.shape[0]
+    start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    w = jax.lax.dynamic_slice_in_dim(w_all, start, n)
+    keys = base.per_sample_keys(k_loss, sid)
+    n_dev = base.num_devices(axis_name)
+
+    def loss_fn(lo):
+      dparams = sampling.get(base.aligned_params(sampling, base_params, lo, lora_scale))
+      err, _ = base.sample_errors(sampling.gen.errors, dparams, keys, smp.x_0, smp.cond, imask)
+      # The global loss is sum_i w_i e_i over all devices; the caller takes the mean over
+      # devices, hence the factor n_dev.
+      return n_dev * jnp.sum(w * err), {}
+
+    (loss, m), grads = base.value_and_grad(loss_fn, state.params, axis_name)
+    new, m = base.apply_gradients(state, tx, loss, grads, m)
+    m.update(reward=jnp.mean(r_all), reward_std=jnp.std(r_all),
+             kept=jnp.sum(keep_all).astype(jnp.float32),
+             kept_reward=jnp.sum(w_all * r_all),
+             lik_threshold=jnp.quantile(lik_all, lik_quantile))
+    return new, m
+
+  return base.Aligner(init, update)

@@ -7,6 +7,7 @@ Euler steps are all of this form (``std = 0`` for the deterministic ones). This 
 transition into a sampler once, so that log-probs, in-painting, chain recording and truncated
 gradients are written (and tested) in one place.
 """
+import dataclasses
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -87,7 +88,8 @@ def run_chain(transition: Callable, params: Params, key: PRNGKey, x_T: Array, *,
               times: np.ndarray, levels: Optional[np.ndarray] = None,
               inpaint: Optional[Inpaint] = None, inpaint_mode: str = "clean",
               num_grad_steps: Optional[int] = None, remat: bool = True,
-              return_chain: bool = False) -> SamplerOutput:
+              return_chain: bool = False, start_step: int = 0,
+              grad_weights: Optional[Array] = None) -> SamplerOutput:
   """Runs ``S = len(times)`` transitions as ``lax.scan``.
 
   Args:
@@ -108,12 +110,20 @@ def run_chain(transition: Callable, params: Params, key: PRNGKey, x_T: Array, *,
     remat: wrap the differentiable steps in ``jax.checkpoint``, so that backprop memory
       grows with ``K`` times the size of ``x`` rather than with the network's activations.
     return_chain: also return the :class:`Chain`.
+    start_step: static; run steps ``start_step .. S - 1`` only, with ``x_T`` the input of step
+      ``start_step`` (e.g. a latent ``z_t`` recorded in an earlier chain). The chain then has
+      ``S - start_step`` rows. Truncation counts from the end as before.
+    grad_weights: optional ``[S]`` weights on the gradient that reaches ``params`` through
+      each step (per-step credit for back-propagation through the sampler): step ``k`` sees
+      ``w_k p + stop_gradient((1 - w_k) p)``, the same value with a gradient scaled by ``w_k``.
 
   Returns:
     :class:`SamplerOutput`.
   """
   num_steps = len(times)
   check_options(num_steps, num_grad_steps, inpaint_mode)
+  if not 0 <= start_step < num_steps:
+    raise ValueError(f"start_step must be in [0, {num_steps - 1}], got {start_step}")
   if inpaint is not None and inpaint_mode == "repaint" and levels is None:
     raise ValueError("inpaint_mode='repaint' needs the sampler's noise levels")
   times_arr = jnp.asarray(np.asarray(times, np.float32))
@@ -126,12 +136,16 @@ def run_chain(transition: Callable, params: Params, key: PRNGKey, x_T: Array, *,
   k_start, k_steps = jax.random.split(key)
   if inpaint is not None:
     # The start is imposed too: clean values, or values noised to the level of x_T.
-    x_T = _impose(x_T, inpaint, levels_arr[0, 0], levels_arr[0, 1], k_start, inpaint_mode)
+    x_T = _impose(x_T, inpaint, levels_arr[start_step, 0], levels_arr[start_step, 1], k_start,
+                  inpaint_mode)
   free = None if inpaint is None else jnp.logical_not(inpaint.mask)
 
   def step(p, x, xs):
     k, key_k = xs
     k_noise, k_paint = jax.random.split(key_k)
+    if grad_weights is not None:
+      w = jnp.asarray(grad_weights)[k]
+      p = jax.tree.map(lambda a: w * a + jax.lax.stop_gradient((1.0 - w) * a), p)
     mean, std = transition(p, x, k)
     x_next = mean + std * jax.random.normal(k_noise, x.shape, x.dtype)
     x_next = _impose(x_next, inpaint, levels_arr[k + 1, 0], levels_arr[k + 1, 1],
@@ -145,20 +159,21 @@ def run_chain(transition: Callable, params: Params, key: PRNGKey, x_T: Array, *,
 
   xs = (jnp.arange(num_steps), jax.random.split(k_steps, num_steps))
   k_split = num_steps if num_grad_steps is None else num_steps - num_grad_steps
+  k_split = max(k_split, start_step)
 
   def segment(p, x, lo, hi, fn):
     sl = jax.tree.map(lambda a: a[lo:hi], xs)
     return jax.lax.scan(lambda c, s: fn(p, c, s), x, sl)
 
   if num_grad_steps is None:
-    x, chain = segment(params, x_T, 0, num_steps, step)
+    x, chain = segment(params, x_T, start_step, num_steps, step)
   else:
     chains = []
     x = x_T
-    if k_split > 0:
+    if k_split > start_step:
       # Frozen segment: stop the gradient at its inputs (params) and at its output, so that
       # neither the backward pass nor the residuals of these steps are ever built.
-      x, c = segment(jax.lax.stop_gradient(params), x, 0, k_split, step)
+      x, c = segment(jax.lax.stop_gradient(params), x, start_step, k_split, step)
       x = jax.lax.stop_gradient(x)
       chains.append(jax.lax.stop_gradient(c))
     if k_split < num_steps:
@@ -171,23 +186,69 @@ def run_chain(transition: Callable, params: Params, key: PRNGKey, x_T: Array, *,
 
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (a static jit argument)
+class Sampler:
+  """A sampler built from ``build_transition(cond, **kw) -> transition`` (static config).
+
+  ``sampler(params, key, x_T, cond=None, inpaint=None, **kw) -> SamplerOutput`` is pure: jit,
+  vmap or grad it at the call site. ``**kw`` are the sampler's traced knobs (``eta`` for DDIM,
+  ``noise_scale`` for stochastic flow matching), defaulting to ``defaults``. Aligners use
+  :meth:`step_log_prob` to re-evaluate a recorded transition under new parameters, and
+  :meth:`replace` to change the chain options (truncation, recording) of the same sampler.
+  """
+  build_transition: Callable
+  times: np.ndarray
+  levels: Optional[np.ndarray]
+  num_grad_steps: Optional[int] = None
+  remat: bool = True
+  return_chain: bool = False
+  inpaint_mode: str = "clean"
+  defaults: tuple = ()  # ((name, value), ...) default traced knobs
+
+  def __post_init__(self):
+    check_options(len(self.times), self.num_grad_steps, self.inpaint_mode)
+
+  @property
+  def num_steps(self) -> int:
+    return len(self.times)
+
+  def _kw(self, kw):
+    return {**dict(self.defaults), **kw}
+
+  def __call__(self, params, key, x_T, cond=None, inpaint=None, *, start_step: int = 0,
+               grad_weights=None, **kw) -> SamplerOutput:
+    return run_chain(self.build_transition(cond, **self._kw(kw)), params, key, x_T,
+                     times=self.times, levels=self.levels, inpaint=inpaint,
+                     inpaint_mode=self.inpaint_mode, num_grad_steps=self.num_grad_steps,
+                     remat=self.remat, return_chain=self.return_chain, start_step=start_step,
+                     grad_weights=grad_weights)
+
+  def replace(self, **changes) -> "Sampler":
+    """The same sampler with other options (``num_grad_steps``, ``return_chain``, ...);
+    ``defaults=dict(...)`` updates the default knobs."""
+    if "defaults" in changes:
+      changes["defaults"] = tuple(sorted({**dict(self.defaults),
+                                          **dict(changes["defaults"])}.items()))
+    return dataclasses.replace(self, **changes)
+
+  def transition(self, params, x_t, k, cond=None, **kw):
+    """``(mean, std)`` of chain step ``k`` (may be traced) at ``x_t [B, ...]``."""
+    return self.build_transition(cond, **self._kw(kw))(params, x_t, k)
+
+  def step_log_prob(self, params, x_t, x_tm1, k, cond=None, free=None, **kw):
+    """``(log N(x_tm1; mean_params(x_t, k), std_k^2) [B], mean)``; the log-prob of a recorded
+    step under ``params`` (0 for deterministic steps). ``free``: entries not in-painted."""
+    mean, std = self.transition(params, x_t, k, cond, **kw)
+    return transition_log_prob(x_tm1, mean, std, free), mean
+
+
 def make_sampler(build_transition: Callable, *, times: np.ndarray,
                  levels: Optional[np.ndarray], num_grad_steps: Optional[int] = None,
                  remat: bool = True, return_chain: bool = False,
-                 inpaint_mode: str = "clean") -> Callable:
-  """Turns ``build_transition(cond, **kw) -> transition`` into a sampler.
-
-  The returned ``sample(params, key, x_T, cond=None, inpaint=None, **kw) -> SamplerOutput``
-  is pure: jit, vmap or grad it at the call site. ``**kw`` are the sampler's traced knobs
-  (``eta`` for DDIM, ``noise_scale`` for stochastic flow matching).
-  """
-  check_options(len(times), num_grad_steps, inpaint_mode)
-
-  def sample(params, key, x_T, cond=None, inpaint=None, **kw):
-    return run_chain(build_transition(cond, **kw), params, key, x_T, times=times,
-                     levels=levels, inpaint=inpaint, inpaint_mode=inpaint_mode,
-                     num_grad_steps=num_grad_steps, remat=remat, return_chain=return_chain)
-  return sample
+                 inpaint_mode: str = "clean", **defaults) -> Sampler:
+  """Turns ``build_transition(cond, **kw) -> transition`` into a :class:`Sampler`."""
+  return Sampler(build_transition, np.asarray(times), levels, num_grad_steps, remat,
+                 return_chain, inpaint_mode, tuple(sorted(defaults.items())))
 
 
 def batch_time(t, x: Array) -> Array:

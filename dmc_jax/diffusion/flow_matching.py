@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dmc_jax.diffusion import chain as chain_lib
-from dmc_jax.diffusion.losses import impose_known, sample_cond_mask, weighted_mse
+from dmc_jax.diffusion.losses import (impose_known, per_sample_mse, sample_cond_mask,
+                                      weighted_mse)
 from dmc_jax.types import DenoiseFn
 
 
 def flow_matching_loss(params, key, x_0, cond=None, *, denoise_fn: DenoiseFn, weights=None,
                        mask=None, inpaint_mask=None, cond_drop_prob: float = 0.0,
-                       time_sampling: str = "uniform"):
+                       time_sampling: str = "uniform", per_sample: bool = False):
   """Conditional flow-matching loss ``E || u_theta(x_t, t) - (eps - x_0) ||^2``.
 
   Args:
@@ -34,6 +35,8 @@ def flow_matching_loss(params, key, x_0, cond=None, *, denoise_fn: DenoiseFn, we
       ``x_t`` (as at sampling time) and left out of the loss.
     cond_drop_prob: probability of dropping the condition (classifier-free guidance).
     time_sampling: "uniform" or "logit_normal" (Esser et al., 2024).
+    per_sample: return ``(errors [B], log_snr [B])`` (each sample's masked mean error and
+      ``log((1 - t)^2 / t^2)``, the SNR of ``x_t``) instead of ``(loss, metrics)``.
 
   Returns:
     ``(loss, metrics)``.
@@ -52,6 +55,9 @@ def flow_matching_loss(params, key, x_0, cond=None, *, denoise_fn: DenoiseFn, we
   x_t, mask = impose_known(x_t, x_0, inpaint_mask, mask)
   cond_mask = sample_cond_mask(k_drop, batch, cond_drop_prob)
   pred = denoise_fn(params, x_t, t, cond, cond_mask)
+  if per_sample:
+    t_safe = jnp.clip(t, 1e-6, 1.0 - 1e-6)
+    return per_sample_mse(pred, eps - x_0, mask), 2.0 * jnp.log((1.0 - t_safe) / t_safe)
   loss = weighted_mse(pred, eps - x_0, weights, mask)
   return loss, {"loss": loss}
 

@@ -59,7 +59,7 @@ def diffusion_loss(params, key, x_0: Array, cond=None, *, denoise_fn: DenoiseFn,
                    sched: S.AnySchedule, pred_type: str = "eps",
                    weights: Optional[Array] = None, mask: Optional[Array] = None,
                    inpaint_mask: Optional[Array] = None, cond_drop_prob: float = 0.0,
-                   t_eps: float = 1e-3):
+                   t_eps: float = 1e-3, per_sample: bool = False):
   """Denoising loss ``E_{t, eps} || f_theta(x_t, t, c) - target ||^2`` (weighted, masked).
 
   Args:
@@ -78,6 +78,10 @@ def diffusion_loss(params, key, x_0: Array, cond=None, *, denoise_fn: DenoiseFn,
     cond_drop_prob: classifier-free-guidance dropout probability of ``cond``.
     t_eps: smallest time for a continuous schedule.
 
+    per_sample: return ``(errors [B], log_snr [B])`` instead: each sample's error (masked
+      mean over its entries, no ``weights``) and its noise level ``log(alpha^2 / sigma^2)``.
+      Two calls with the same ``key`` draw the same ``t`` and ``eps`` (Diffusion-DPO).
+
   Returns:
     ``(loss, metrics)``: scalar loss and a flat dict of scalars.
   """
@@ -90,5 +94,17 @@ def diffusion_loss(params, key, x_0: Array, cond=None, *, denoise_fn: DenoiseFn,
   x_t, mask = impose_known(x_t, x_0, inpaint_mask, mask)
   cond_mask = sample_cond_mask(k_drop, batch, cond_drop_prob)
   pred = denoise_fn(params, x_t, t, cond, cond_mask)
-  loss = weighted_mse(pred, P.target(x_0, eps, alpha, sigma, pred_type), weights, mask)
+  target = P.target(x_0, eps, alpha, sigma, pred_type)
+  if per_sample:
+    return per_sample_mse(pred, target, mask), jnp.log(jnp.square(alpha) / jnp.square(sigma))
+  loss = weighted_mse(pred, target, weights, mask)
   return loss, {"loss": loss}
+
+
+def per_sample_mse(pred: Array, target: Array, mask: Optional[Array] = None) -> Array:
+  """``[B]``: each sample's squared error averaged over its (masked) entries."""
+  err = jnp.square(pred - target).reshape(pred.shape[0], -1)
+  if mask is None:
+    return jnp.mean(err, -1)
+  m = jnp.broadcast_to(jnp.asarray(mask, err.dtype), pred.shape).reshape(pred.shape[0], -1)
+  return jnp.sum(err * m, -1) / jnp.maximum(jnp.sum(m, -1), 1.0)

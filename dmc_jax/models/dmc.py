@@ -42,6 +42,25 @@ class Proposal(NamedTuple):
   plan_actions: Optional[jax.Array]
 
 
+class Sampling(NamedTuple):
+  """How a DMC turns contexts into samples; what the aligners work with.
+
+  Attributes:
+    gen: the denoiser's :class:`~dmc_jax.models.generator.Generator`.
+    get: ``params -> denoiser params`` (the part the aligners adapt).
+    put: ``(params, denoiser_params) -> params``.
+    prepare: ``(key, history [B, K, O]) -> (x_T [B, ...], cond, inpaint)`` (normalised units;
+      ``cond`` and ``inpaint`` may be ``None``): one sample per context.
+    decode: ``(params, x_0 [B, ...]) -> Proposal`` with ``N`` = 1 squeezed: ``actions
+      [B, E, A]``, plans ``[B, H, O]`` / ``[B, H - 1, A]`` or ``None``.
+  """
+  gen: Generator
+  get: Callable
+  put: Callable
+  prepare: Callable
+  decode: Callable
+
+
 class DMC(NamedTuple):
   kind: str
   init: Callable
@@ -50,6 +69,31 @@ class DMC(NamedTuple):
   horizon: int        # H: planning horizon / action-chunk length
   history: int        # K: observations the model sees
   execute_steps: int  # E: actions executed per call
+  sampling: Optional[Sampling] = None
+
+
+def propose_with(sampling: Sampling, sample_fn: Optional[Callable] = None) -> Callable:
+  """``propose(params, key, history [B, K, O], N) -> Proposal``: ``N`` samples per context
+  from ``sample_fn(params, key, x_T, cond, inpaint) -> x_0`` (default: the generator)."""
+  if sample_fn is None:
+    sample_fn = lambda p, k, x_T, c, ip: sampling.gen.sample(sampling.get(p), k, x_T, c, ip).x_0
+
+  def propose(params, key, history, num_candidates: int):
+    b = history.shape[0]
+    k_prep, k_sample = jax.random.split(key)
+    x_T, cond, inpaint = sampling.prepare(k_prep, _repeat(history, num_candidates))
+    x_0 = sample_fn(params, k_sample, x_T, cond, inpaint)
+    return jax.tree.map(lambda a: _split(a, b, num_candidates), sampling.decode(params, x_0))
+  return propose
+
+
+def _identity_get(params):
+  return params
+
+
+def _identity_put(params, dparams):
+  del params
+  return dparams
 
 
 def _repeat(x, n):
@@ -103,19 +147,20 @@ def make_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generator, *, ob
     return gen.loss(params, k_loss, x_0, None, weights=weights, mask=seg.mask[..., None],
                     inpaint_mask=known)
 
-  def propose(params, key, history, num_candidates: int):
-    b = history.shape[0]
-    k_noise, k_sample = jax.random.split(key)
-    obs0 = _repeat(history[:, -1], num_candidates)
-    x_T = jax.random.normal(k_noise, (b * num_candidates, horizon, dim))
+  def prepare(key, history):
+    x_T = jax.random.normal(key, (history.shape[0], horizon, dim))
     mask = jnp.zeros((horizon, dim), bool).at[0, :obs_dim].set(True)
-    values = jnp.zeros_like(x_T).at[:, 0, :obs_dim].set(obs0)
-    x = _split(gen.sample(params, k_sample, x_T, None, Inpaint(mask, values)).x_0, b,
-               num_candidates)
-    obs, act = x[..., :obs_dim], x[..., obs_dim:]
-    return Proposal(act[:, :, :execute_steps], obs, act[:, :, :-1])
+    values = jnp.zeros_like(x_T).at[:, 0, :obs_dim].set(history[:, -1])
+    return x_T, None, Inpaint(mask, values)
 
-  return DMC("diffuser", init, loss, propose, horizon, 1, execute_steps)
+  def decode(params, x):
+    del params
+    obs, act = x[..., :obs_dim], x[..., obs_dim:]
+    return Proposal(act[:, :execute_steps], obs, act[:, :-1])
+
+  sampling = Sampling(gen, _identity_get, _identity_put, prepare, decode)
+  return DMC("diffuser", init, loss, propose_with(sampling), horizon, 1, execute_steps,
+             sampling)
 
 
 class InverseDynamics(nn.Module):
@@ -160,19 +205,20 @@ def make_decision_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generat
     return d_loss + inv_loss, {"diffusion_loss": d_loss, "inverse_loss": inv_loss,
                                "loss": d_loss + inv_loss}
 
-  def propose(params, key, history, num_candidates: int):
-    b = history.shape[0]
-    k_noise, k_sample = jax.random.split(key)
-    obs0 = _repeat(history[:, -1], num_candidates)
-    x_T = jax.random.normal(k_noise, (b * num_candidates, horizon, obs_dim))
+  def prepare(key, history):
+    x_T = jax.random.normal(key, (history.shape[0], horizon, obs_dim))
     mask = jnp.zeros((horizon, obs_dim), bool).at[0].set(True)
-    values = jnp.zeros_like(x_T).at[:, 0].set(obs0)
-    plan = _split(gen.sample(params["diffusion"], k_sample, x_T, None,
-                             Inpaint(mask, values)).x_0, b, num_candidates)
-    acts = inverse(params, plan[:, :, :-1], plan[:, :, 1:])
-    return Proposal(acts[:, :, :execute_steps], plan, acts)
+    values = jnp.zeros_like(x_T).at[:, 0].set(history[:, -1])
+    return x_T, None, Inpaint(mask, values)
 
-  return DMC("decision_diffuser", init, loss, propose, horizon, 1, execute_steps)
+  def decode(params, plan):
+    acts = inverse(params, plan[:, :-1], plan[:, 1:])
+    return Proposal(acts[:, :execute_steps], plan, acts)
+
+  sampling = Sampling(gen, lambda p: p["diffusion"], lambda p, d: dict(p, diffusion=d),
+                      prepare, decode)
+  return DMC("decision_diffuser", init, loss, propose_with(sampling), horizon, 1,
+             execute_steps, sampling)
 
 
 def make_diffusion_policy(denoise_fn: Callable, module: nn.Module, gen: Generator, *,
@@ -193,12 +239,14 @@ def make_diffusion_policy(denoise_fn: Callable, module: nn.Module, gen: Generato
     return gen.loss(params, key, _zero_padding(seg.actions[:, :chunk], mask), cond,
                     mask=mask[..., None])
 
-  def propose(params, key, hist, num_candidates: int):
+  def prepare(key, hist):
     b = hist.shape[0]
-    k_noise, k_sample = jax.random.split(key)
-    cond = _repeat(hist.reshape(b, -1), num_candidates)
-    x_T = jax.random.normal(k_noise, (b * num_candidates, chunk, act_dim))
-    acts = _split(gen.sample(params, k_sample, x_T, cond).x_0, b, num_candidates)
-    return Proposal(acts[:, :, :execute_steps], None, None)
+    return jax.random.normal(key, (b, chunk, act_dim)), hist.reshape(b, -1), None
 
-  return DMC("diffusion_policy", init, loss, propose, chunk, history, execute_steps)
+  def decode(params, acts):
+    del params
+    return Proposal(acts[:, :execute_steps], None, None)
+
+  sampling = Sampling(gen, _identity_get, _identity_put, prepare, decode)
+  return DMC("diffusion_policy", init, loss, propose_with(sampling), chunk, history,
+             execute_steps, sampling)

@@ -22,6 +22,13 @@ class MetricWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
+  def write_row(self, step: int, row: dict) -> None:
+    """Appends a row of JSON values (strings allowed), e.g. a scheduler decision."""
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), "time": time.time(), **row}) + "\n")
+
   def rows(self) -> list:
     """The complete rows written so far (a half-written last line is skipped)."""
     if not os.path.exists(self.path):

@@ -128,6 +128,16 @@ def validate_config(config) -> None:
       bad("model.horizon", m.horizon, str(e))
   if m.backbone == "dit" and m.dit_d_model % m.dit_heads:
     bad("model.dit_d_model", m.dit_d_model, f"a multiple of model.dit_heads={m.dit_heads}")
+  from dmc_jax.train import align as align_lib
+  align_lib.validate(config, sampling_steps(config))
+
+
+def sampling_steps(config) -> int:
+  """The chain length of the configured sampler."""
+  d = config.diffusion
+  if d.sampler == "ddpm":
+    return d.train_steps
+  return max(d.sample_steps, 2) if d.sampler == "sde" else d.sample_steps
 
 
 # ---------------------------------------------------------------------------------- data
@@ -155,8 +165,8 @@ def _chunked(start, total, chunk):
     done += n
 
 
-PHASES = ("critic", "dmc", "eval")
-_PREFIX_PHASE = {"critic": 0, "train": 1, "curve": 1, "eval": 2}
+PHASES = ("critic", "dmc", "align", "eval")
+_PREFIX_PHASE = {"critic": 0, "train": 1, "curve": 1, "align": 2, "cascade": 2, "eval": 3}
 # Keys that may change between a run and its resumption (they do not change what is trained).
 RESUMABLE_KEYS = ("train.steps", "critic.steps")
 RESUMABLE_GROUPS = ("eval.",)
@@ -165,22 +175,28 @@ RESUMABLE_GROUPS = ("eval.",)
 def _row_phase(row) -> int:
   for k in row:
     if "/" in k:
-      return _PREFIX_PHASE.get(k.split("/")[0], 2)
-  return 2
+      return _PREFIX_PHASE.get(k.split("/")[0], 3)
+  return 3
 
 
-def check_same_config(saved: dict, config, where: str) -> None:
+# The pretraining phases do not depend on the ``align`` group: a pretrained workdir can be
+# aligned again with other settings (after removing ``checkpoints/align``).
+PRETRAIN_IGNORED = ("align.",)
+
+
+def check_same_config(saved: dict, config, where: str, ignore: tuple = PRETRAIN_IGNORED,
+                      hint: str = "use another --workdir, or the checkpoint's config") -> None:
   """A checkpoint made with another config is an error naming the differing keys."""
   now = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
   old = traverse_util.flatten_dict(saved, sep=".")
-  diff = [k for k in sorted(set(now) | set(old)) if not k.startswith(RESUMABLE_GROUPS)
+  skip = RESUMABLE_GROUPS + tuple(ignore)
+  diff = [k for k in sorted(set(now) | set(old)) if not k.startswith(skip)
           and k not in RESUMABLE_KEYS and now.get(k) != old.get(k)]
   if diff:
     shown = "; ".join(f"{k}: {old.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
                       for k in diff[:6])
     raise checkpoint.CheckpointMismatchError(
-        f"{where} holds a checkpoint made with a different config ({shown}); use another "
-        f"--workdir, or the checkpoint's config")
+        f"{where} holds a checkpoint made with a different config ({shown}); {hint}")
 
 
 def summarize(metrics, name, done, step) -> dict:
@@ -403,7 +419,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"the checkpoint's {k} differs from the one fitted on {env_info['dataset_id']}: the "
           "dataset changed since the checkpoint was made; use another --workdir")
   state = phase_state["train_state"]
-  writer.rewind(lambda r: _row_phase(r) < 2)
+  writer.rewind(lambda r: _row_phase(r) < 3)
   curve = [(r["step"], r["curve/return_mean"], r["curve/return_std"]) for r in writer.rows()
            if "curve/return_mean" in r]
 
@@ -411,8 +427,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
                             config.eval.num_episodes)
   curve.append((tc.steps, final["return_mean"], final["return_std"]))
   writer.write_scalars(tc.steps, {f"eval/{k}": v for k, v in final.items()})
-  checkpoint.save(os.path.join(workdir, "model"), tc.steps,
-                  model_bundle(state.ema_params, critic_params, obs_norm, act_norm))
+  aligned = None
+  if config.align.stages:
+    aligned = _align(config, workdir, dmc=dmc, base_params=state.ema_params, critic=critic,
+                     q_fn=q_fn, v_fn=v_fn, seg_data=seg_data, trans_n=trans_n,
+                     obs_norm=obs_norm, act_norm=act_norm, env_info=env_info, writer=writer,
+                     key=jax.random.fold_in(key, 0x616C69), k_eval=k_eval, evaluate=evaluate)
+    checkpoint.save(os.path.join(workdir, "model_reference"), tc.steps,
+                    model_bundle(state.ema_params, critic_params, obs_norm, act_norm))
+    checkpoint.save(os.path.join(workdir, "model"), tc.steps,
+                    model_bundle(aligned["params"], aligned["critic_params"], obs_norm,
+                                 act_norm))
+  else:
+    checkpoint.save(os.path.join(workdir, "model"), tc.steps,
+                    model_bundle(state.ema_params, critic_params, obs_norm, act_norm))
   rand = random_policy_returns(config, jax.random.fold_in(k_eval, 1), config.eval.num_episodes)
   n_ep = len(returns)
   results = {
@@ -424,10 +452,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "random_return": None if rand is None else float(rand.mean()),
       "curve": curve, "wall_clock_s": time.time() - t_start,
   }
+  if aligned is not None:
+    results["align"] = aligned["results"]
+    results["align_curve"] = aligned["curve"]
   _write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   write_table(workdir, results)
   plot_curve(workdir, curve, f"{dmc.kind} on {env_info['dataset_id']}",
              {"dataset": results["dataset_return"], "random policy": results["random_return"]})
+  if aligned is not None:
+    write_align_table(workdir, results)
+    plot_align_curve(workdir, aligned["curve"], f"alignment of {dmc.kind} on "
+                     f"{env_info['dataset_id']}")
   print(f"final: return {final['return_mean']:.2f} ± {final['return_std']:.2f} "
         f"(95% CI ± {results['return_ci95']:.2f}, {n_ep} episodes); dataset "
         f"{results['dataset_return']:.2f}; random {results['random_return']}", flush=True)
@@ -480,4 +515,90 @@ def plot_curve(workdir, curve, title, baselines=None):
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "learning_curve.png"), dpi=100)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- alignment
+def _stats(returns) -> dict:
+  r = np.asarray(returns, np.float64)
+  n = len(r)
+  return {"mean": float(r.mean()), "std": float(r.std()),
+          "ci95": float(1.96 * r.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
+
+
+def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, trans_n,
+           obs_norm, act_norm, env_info, writer, key, k_eval, evaluate):
+  """Aligns the pretrained DMC and evaluates reference vs aligned for every selection in
+  ``align.eval_selections`` on the same episode seeds."""
+  from dmc_jax.train import align as align_lib
+  _, _, _, _, iql_update, _, _ = builders.make_critic(config)
+  out = align_lib.run_alignment(
+      config, workdir, dmc=dmc, base_params=base_params, critic_state=critic, q_fn=q_fn,
+      v_fn=v_fn, iql_update=iql_update, seg_data=seg_data, trans_n=trans_n, obs_norm=obs_norm,
+      act_norm=act_norm, evaluate=evaluate, writer=writer, key=key)
+  from dmc_jax.aligners import base as base_lib
+  params = base_lib.aligned_params(dmc.sampling, base_params, out["lora"], out["lora_scale"])
+  ref_critic = (critic.q.params, critic.v.params)
+  new_critic = (out["critic_state"].q.params, out["critic_state"].v.params)
+  results = {}
+  k = jax.random.fold_in(k_eval, 2)
+  for selection in config.align.eval_selections:
+    cfg = config.copy_and_resolve_references()
+    cfg.eval.selection = selection
+    ev = make_evaluator(cfg, dmc, obs_norm, act_norm, q_fn, v_fn, env_info)
+    row = {}
+    for name, p, cp in (("before", base_params, ref_critic), ("after", params, new_critic)):
+      m, r = ev(p, cp, k, config.eval.num_episodes)
+      row[name] = dict(m, **{f"return_{s}": v for s, v in _stats(r).items()})
+    if out["cascade"] is not None:
+      evc = make_evaluator(cfg, out["cascade"]["dmc"], obs_norm, act_norm, q_fn, v_fn,
+                           env_info)
+      m, r = evc(out["cascade"]["params"], new_critic, k, config.eval.num_episodes)
+      row["cascade"] = dict(m, **{f"return_{s}": v for s, v in _stats(r).items()})
+    results[selection] = row
+    writer.write_scalars(config.train.steps, {
+        f"eval/align_{selection}_{n}_return_mean": v["return_mean"] for n, v in row.items()})
+    print(f"alignment, selection={selection}: " + "; ".join(
+        f"{n} {v['return_mean']:.2f} ± {v['return_std']:.2f} (CI ± {v['return_ci95']:.2f})"
+        for n, v in row.items()), flush=True)
+  return {"params": params, "critic_params": new_critic, "results": results,
+          "curve": out["curve"]}
+
+
+def write_align_table(workdir, r):
+  lines = ["| dataset | model | sampler | selection | before | after | std before -> after |"
+           + (" cascade |" if any("cascade" in v for v in r["align"].values()) else ""),
+           "|---|---|---|---|---|---|---|" + ("---|" if any(
+               "cascade" in v for v in r["align"].values()) else "")]
+  for sel, row in r["align"].items():
+    b, a = row["before"], row["after"]
+    line = (f"| {r['dataset']} | {r['model']} | {r['sampler']} | {sel} | "
+            f"{b['return_mean']:.2f} ± {b['return_std']:.2f} | "
+            f"{a['return_mean']:.2f} ± {a['return_std']:.2f} (CI ± {a['return_ci95']:.2f}) | "
+            f"{b['return_std']:.2f} -> {a['return_std']:.2f} |")
+    if "cascade" in row:
+      line += f" {row['cascade']['return_mean']:.2f} ± {row['cascade']['return_std']:.2f} |"
+    lines.append(line)
+  _write_atomic(os.path.join(workdir, "align_results.md"), "\n".join(lines) + "\n")
+
+
+def plot_align_curve(workdir, curve, title):
+  """Environment return (mean ± 1 std) after each stage visit; the x axis counts updates."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  steps = np.array([p[0] for p in curve], float)
+  mean = np.array([p[1] for p in curve], float)
+  std = np.array([p[2] for p in curve], float)
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  ax.plot(steps, mean, marker="o")
+  ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
+  for x, y, p in zip(steps, mean, curve):
+    ax.annotate(p[5].split(" ")[0], (x, y), fontsize=7, textcoords="offset points",
+                xytext=(2, 4))
+  ax.set_xlabel("alignment update")
+  ax.set_ylabel("episode return (mean ± 1 std)")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "align_curve.png"), dpi=100)
   plt.close(fig)

@@ -1,4 +1,6 @@
 """Aligner losses against hand computations and second implementations."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,26 +22,32 @@ class DPOTest(parameterized.TestCase):
     self.sched = schedules.make_cosine_schedule(10)
     self.x_w = jax.random.normal(jax.random.key(0), (16, 3))
     self.x_l = jax.random.normal(jax.random.key(1), (16, 3)) + 1.0
+    self.errors_fn = functools.partial(losses.diffusion_loss, denoise_fn=scale_denoiser,
+                                       sched=self.sched, per_sample=True)
 
   @parameterized.parameters("constant", "snr", "min_snr", "sigmoid")
   def test_log2_when_theta_equals_ref(self, weighting):
     p = {"s": jnp.float32(0.7)}
-    loss, m = dpo.dpo_loss(p, p, jax.random.key(2), self.x_w, self.x_l,
-                           denoise_fn=scale_denoiser, sched=self.sched, beta=100.0,
-                           weighting=weighting)
+    loss, m = dpo.dpo_loss(p, p, jax.random.split(jax.random.key(2), 16), self.x_w, self.x_l,
+                           errors_fn=self.errors_fn, beta=100.0, weighting=weighting)
     self.assertAlmostEqual(float(loss), np.log(2.0), places=6)
     self.assertEqual(float(m["dpo_margin"]), 0.0)
 
   def test_matches_numpy(self):
     theta, ref, beta = {"s": jnp.float32(0.5)}, {"s": jnp.float32(0.2)}, 3.0
     key = jax.random.key(3)
-    loss, _ = dpo.dpo_loss(theta, ref, key, self.x_w, self.x_l, denoise_fn=scale_denoiser,
-                           sched=self.sched, beta=beta, weighting="snr")
-    # Same draws as dpo_loss: split into (t, eps).
-    k_t, k_eps = jax.random.split(key)
-    _, alpha, sigma = losses.sample_time(k_t, self.sched, 16)
-    eps = np.asarray(jax.random.normal(k_eps, (16, 3)))
-    a, s = np.asarray(alpha)[:, None], np.asarray(sigma)[:, None]
+    keys = jax.random.split(key, 16)
+    loss, _ = dpo.dpo_loss(theta, ref, keys, self.x_w, self.x_l, errors_fn=self.errors_fn,
+                           beta=beta, weighting="snr")
+    # Same draws as diffusion_loss, one sample per key: split into (t, eps, cond drop).
+    a, s, eps = [], [], []
+    for k in keys:
+      k_t, k_eps, _ = jax.random.split(k, 3)
+      _, alpha, sigma = losses.sample_time(k_t, self.sched, 1)
+      a.append(float(alpha[0]))
+      s.append(float(sigma[0]))
+      eps.append(np.asarray(jax.random.normal(k_eps, (1, 3)))[0])
+    a, s, eps = np.array(a)[:, None], np.array(s)[:, None], np.stack(eps)
 
     def err(scale, x):
       x_t = a * np.asarray(x) + s * eps
@@ -52,9 +60,10 @@ class DPOTest(parameterized.TestCase):
 
   def test_swapping_winner_and_loser_flips_the_margin(self):
     theta, ref = {"s": jnp.float32(0.5)}, {"s": jnp.float32(0.2)}
-    kw = dict(denoise_fn=scale_denoiser, sched=self.sched, beta=2.0)
-    _, m = dpo.dpo_loss(theta, ref, jax.random.key(5), self.x_w, self.x_l, **kw)
-    _, m_swap = dpo.dpo_loss(theta, ref, jax.random.key(5), self.x_l, self.x_w, **kw)
+    kw = dict(errors_fn=self.errors_fn, beta=2.0)
+    keys = jax.random.split(jax.random.key(5), 16)
+    _, m = dpo.dpo_loss(theta, ref, keys, self.x_w, self.x_l, **kw)
+    _, m_swap = dpo.dpo_loss(theta, ref, keys, self.x_l, self.x_w, **kw)
     self.assertAlmostEqual(float(m["dpo_margin"]), -float(m_swap["dpo_margin"]), places=5)
     self.assertAlmostEqual(float(m["dpo_accuracy"] + m_swap["dpo_accuracy"]), 1.0, places=6)
 

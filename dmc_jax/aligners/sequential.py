@@ -1,0 +1,144 @@
+"""The sequential scheme's decisions: when a stage ends, when training collapsed. PURE.
+
+The scheduler visits ``stages`` (e.g. RL -> DPO -> SFT) in order, ``passes`` times. Each visit
+runs chunks of updates; after every chunk the shell reports the tracked reward (mean critic
+value of the aligned model's samples on fixed held-out contexts), the chunk's mean loss and
+its share of skipped (non-finite) updates, and :func:`decide` answers:
+
+* ``continue``: keep going with this stage;
+* ``advance``: the stage is done: its reward *plateaued* (no improvement above
+  ``tol * scale`` for ``patience`` chunks, after at least ``min_chunks``), it hit
+  ``max_chunks``, or it collapsed more than ``max_rollbacks`` times;
+* ``rollback``: the chunk *collapsed*: non-finite reward or loss, more than
+  ``max_nonfinite`` of its updates skipped, a loss spike (``|loss| > spike_factor`` times the
+  median of the visit's earlier ``|loss|``), or a reward drop below ``best - drop_tol *
+  scale``. The shell restores the last good checkpoint and multiplies the learning rate by
+  ``lr_decay`` (kept for the rest of the run);
+* ``finish``: the last stage of the last pass is done.
+
+``scale`` is the spread (std) of the tracked reward at the start, so that ``tol`` and
+``drop_tol`` do not depend on the critic's units. The state is a small JSON-able dataclass
+that the shell saves with every checkpoint (the scheduler's position and rollback history).
+"""
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerConfig:
+  stages: Tuple[str, ...] = ("rl", "dpo", "sft")
+  passes: int = 2
+  min_chunks: int = 2
+  max_chunks: int = 8
+  patience: int = 2
+  tol: float = 0.02
+  drop_tol: float = 1.0
+  spike_factor: float = 10.0
+  max_nonfinite: float = 0.5
+  lr_decay: float = 0.5
+  max_rollbacks: int = 3
+
+  def __post_init__(self):
+    if not self.stages:
+      raise ValueError("the scheduler needs at least one stage")
+    if self.passes < 1 or self.min_chunks < 1 or self.max_chunks < self.min_chunks:
+      raise ValueError(f"need passes >= 1 and 1 <= min_chunks <= max_chunks, got {self}")
+    if not 0 < self.lr_decay <= 1:
+      raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerState:
+  pass_idx: int = 0
+  stage_idx: int = 0
+  chunk: int = 0                  # chunks decided in this stage visit (rollbacks included)
+  best: Optional[float] = None    # best tracked reward in this visit
+  since_best: int = 0
+  losses: Tuple[float, ...] = ()  # |loss| of the visit's good chunks
+  rollbacks: int = 0              # in this visit
+  total_rollbacks: int = 0
+  lr_scale: float = 1.0
+  scale: float = 1.0              # spread of the tracked reward at the start
+  done: bool = False
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict) -> "SchedulerState":
+    d = dict(d)
+    d["losses"] = tuple(d.get("losses", ()))
+    return cls(**d)
+
+
+def init_state(reward_scale: float) -> SchedulerState:
+  scale = float(reward_scale) if np.isfinite(reward_scale) and reward_scale > 0 else 1.0
+  return SchedulerState(scale=scale)
+
+
+def stage(cfg: SchedulerConfig, state: SchedulerState) -> str:
+  return cfg.stages[state.stage_idx]
+
+
+def _advance(cfg, s: SchedulerState) -> SchedulerState:
+  stage_idx, pass_idx = s.stage_idx + 1, s.pass_idx
+  if stage_idx == len(cfg.stages):
+    stage_idx, pass_idx = 0, pass_idx + 1
+  return dataclasses.replace(s, stage_idx=stage_idx, pass_idx=pass_idx, chunk=0, best=None,
+                             since_best=0, losses=(), rollbacks=0,
+                             done=pass_idx >= cfg.passes)
+
+
+def collapse_reason(cfg: SchedulerConfig, s: SchedulerState, reward: float, loss: float,
+                    nonfinite: float) -> Optional[str]:
+  """Why this chunk counts as a collapse, or ``None``."""
+  if not (math.isfinite(reward) and math.isfinite(loss)):
+    return f"non-finite reward/loss ({reward}, {loss})"
+  if nonfinite > cfg.max_nonfinite:
+    return f"{nonfinite:.0%} of the updates were non-finite (skipped)"
+  if len(s.losses) >= 2:
+    med = float(np.median(s.losses))
+    if abs(loss) > cfg.spike_factor * max(med, 1e-8):
+      return f"loss spike: |loss| {abs(loss):.4g} > {cfg.spike_factor} x median {med:.4g}"
+  if s.best is not None and reward < s.best - cfg.drop_tol * s.scale:
+    return (f"reward drop: {reward:.4g} < best {s.best:.4g} - {cfg.drop_tol} x scale "
+            f"{s.scale:.4g}")
+  return None
+
+
+def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: float,
+           nonfinite: float = 0.0) -> Tuple[SchedulerState, dict]:
+  """One decision after a chunk (see the module doc). Returns ``(state, decision)``; the
+  decision dict holds ``action``, ``reason``, ``stage``, ``pass`` and the numbers used."""
+  where = {"stage": stage(cfg, s), "pass": s.pass_idx, "chunk": s.chunk + 1,
+           "reward": reward, "loss": loss, "nonfinite": nonfinite}
+  reason = collapse_reason(cfg, s, reward, loss, nonfinite)
+  if reason is not None:
+    if s.rollbacks < cfg.max_rollbacks:
+      new = dataclasses.replace(s, chunk=s.chunk + 1, rollbacks=s.rollbacks + 1,
+                                total_rollbacks=s.total_rollbacks + 1,
+                                lr_scale=s.lr_scale * cfg.lr_decay)
+      return new, dict(where, action="rollback", reason=reason, lr_scale=new.lr_scale)
+    new = _advance(cfg, dataclasses.replace(s, total_rollbacks=s.total_rollbacks + 1))
+    action = "finish" if new.done else "advance"
+    return new, dict(where, action=action, rollback=True,
+                     reason=f"{reason}; {cfg.max_rollbacks} rollbacks already, moving on "
+                            "from the last good checkpoint")
+  improved = s.best is None or reward > s.best + cfg.tol * s.scale
+  best = reward if s.best is None or reward > s.best else s.best
+  s = dataclasses.replace(s, chunk=s.chunk + 1, best=best,
+                          since_best=0 if improved else s.since_best + 1,
+                          losses=s.losses + (abs(loss),))
+  if s.chunk >= cfg.max_chunks:
+    reason = f"max_chunks={cfg.max_chunks} reached"
+  elif s.chunk >= cfg.min_chunks and s.since_best >= cfg.patience:
+    reason = (f"plateau: no gain above {cfg.tol} x scale for {s.since_best} chunks "
+              f"(best {s.best:.4g})")
+  else:
+    return s, dict(where, action="continue", reason="improving" if improved else
+                   f"{s.since_best} chunk(s) without gain")
+  new = _advance(cfg, s)
+  return new, dict(where, action="finish" if new.done else "advance", reason=reason)
