@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.stages = ("rl", "dpo", "sft")  # stage order in each pass ((): no alignment)
   c.align.passes = 1  # passes over the stages
   c.align.batch_size = 32  # contexts (dataset histories) per update, split over devices
-  c.align.updates_per_chunk = 10  # updates between two scheduler decisions / checkpoints
+  c.align.updates_per_chunk = 20  # updates between two scheduler decisions / checkpoints
   c.align.min_chunks = 2  # chunks before a plateau can end a stage
   c.align.max_chunks = 6  # chunks per stage visit at most
   c.align.patience = 2  # chunks without a gain above tol that count as a plateau
@@ -101,9 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.track_contexts = 256  # held-out contexts of the tracked reward
   c.align.parallel = "shard_map"  # none | pmap | shard_map (over all local devices)
   c.align.eval_selections = ("first", "argmax")  # selections evaluated before -> after
+  c.align.inject_nan_chunks = ()  # fault injection: chunk numbers whose updates see NaN input
   c.align.rl = ml_collections.ConfigDict()
   c.align.rl.method = "ppo"  # ppo | reinforce | qgrad
-  c.align.rl.lr = 3e-4  # Adam learning rate
+  c.align.rl.lr = 3e-3  # Adam learning rate (LoRA adapters)
   c.align.rl.num_samples = 8  # chains per context (advantage baseline = the context's mean)
   c.align.rl.epochs = 2  # PPO passes over each sampled batch
   c.align.rl.minibatches = 1  # PPO sample minibatches per pass
@@ -118,13 +119,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.rl.num_grad_steps = (2,)  # qgrad: K per pass (the last one repeats)
   c.align.rl.reg_coef = 1.0  # qgrad: weight of ||x_0 - x_0_ref||^2 (same noise)
   c.align.dpo = ml_collections.ConfigDict()
-  c.align.dpo.lr = 3e-4  # Adam learning rate
+  c.align.dpo.lr = 3e-3  # Adam learning rate (LoRA adapters)
   c.align.dpo.beta = 200.0  # DPO beta
   c.align.dpo.num_samples = 4  # samples per context; best and worst form the pair
   c.align.dpo.weighting = "constant"  # constant | snr | min_snr | sigmoid
   c.align.dpo.sample_from = "current"  # current | reference
   c.align.sft = ml_collections.ConfigDict()
-  c.align.sft.lr = 3e-4  # Adam learning rate
+  c.align.sft.lr = 1e-3  # Adam learning rate (LoRA adapters)
   c.align.sft.num_samples = 8  # samples per context
   c.align.sft.keep_frac = 0.25  # share of all samples kept (highest rewards)
   c.align.sft.lik_quantile = 0.2  # drop samples below this quantile of reference likelihood

@@ -96,7 +96,8 @@ def compare(ref: str, other: str) -> dict:
   import jax
   out = {"metrics_equal": metric_rows(ref) == metric_rows(other)}
   max_diff, equal = 0.0, True
-  for sub in ("checkpoints/critic", "checkpoints/dmc", "model"):
+  for sub in ("checkpoints/critic", "checkpoints/dmc", "checkpoints/align",
+              "checkpoints/cascade", "model", "model_reference"):
     (s_a, a), (s_b, b) = _load_latest(os.path.join(ref, sub)), _load_latest(
         os.path.join(other, sub))
     equal &= s_a == s_b
@@ -117,7 +118,8 @@ def compare(ref: str, other: str) -> dict:
 def corrupt_checkpoints(workdir: str) -> int:
   from dmc_jax.train import checkpoint
   bad = 0
-  for sub in ("checkpoints/critic", "checkpoints/dmc", "model"):
+  for sub in ("checkpoints/critic", "checkpoints/dmc", "checkpoints/align",
+              "checkpoints/cascade", "model", "model_reference"):
     bad += checkpoint.count_unreadable(os.path.join(workdir, sub))[1]
   return bad
 

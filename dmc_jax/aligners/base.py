@@ -165,10 +165,12 @@ def sample_contexts(sampling, sampler, params, keys, hist, **kw) -> Samples:
     return out.x_0[0], jax.tree.map(lambda a: a[0], cond), inpaint, chain
 
   x_0, cond, inpaint, chain = jax.vmap(one)(keys, hist)
-  if inpaint is not None:
-    inpaint = Inpaint(jnp.broadcast_to(inpaint.mask, inpaint.values.shape),
-                      inpaint.values)
-    inpaint = _squeeze1(inpaint)
+  if inpaint is not None:  # values [B, 1, ...]; the mask [B, 1, ...] or [B, ...]
+    values = _squeeze1(inpaint.values)
+    mask = inpaint.mask
+    if mask.ndim == inpaint.values.ndim:
+      mask = _squeeze1(mask)
+    inpaint = Inpaint(jnp.broadcast_to(mask, values.shape), values)
   return Samples(x_0, cond, inpaint, chain)
 
 

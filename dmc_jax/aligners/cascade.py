@@ -13,7 +13,7 @@ Training pairs come from the first model: ``x^cond`` is its sample; ``num_candid
 alternatives are generated *consistent with it*, either
 
 * ``latent``: continuing ``x^cond``'s own chain from its latent ``z_t`` at ``share_step``
-  with new noise, or
+  with new noise (the sampler's stochastic knobs, e.g. DDIM ``eta``), or
 * ``inpaint``: in-painting the contiguous block ``block`` (fractions of the horizon) of
   ``x^cond`` and regenerating the rest;
 
@@ -93,6 +93,10 @@ def make_cascade(sampling: dmc_lib.Sampling, make_gen: Callable, *, mode: str = 
     raise ValueError(f"share_step must be in [0, {first_gen.num_steps - 1}], got {share_step}")
   if passes < 1:
     raise ValueError(f"passes must be >= 1, got {passes}")
+  if mode == "latent" and first_gen.stochastic is None:
+    raise ValueError("latent sharing needs a sampler that can be made stochastic (continuing "
+                     "a deterministic chain from z_t gives the same sample); use "
+                     "mode='inpaint' with the ode sampler")
   adapter = CascadeAdapter(hidden)
   gen = make_gen(make_cascade_denoise_fn(first_gen.denoise_fn, adapter))
 
@@ -144,8 +148,9 @@ def make_cascade(sampling: dmc_lib.Sampling, make_gen: Callable, *, mode: str = 
       def alternative(key, x_c, c, ip, z):
         c1 = jax.tree.map(lambda a: a[None], c)
         ip1 = None if ip is None else jax.tree.map(lambda a: a[None], ip)
-        if mode == "latent":
-          return first_gen.sample(dfirst, key, z[None], c1, ip1, start_step=share_step).x_0[0]
+        if mode == "latent":  # the remaining steps with new noise (stochastic knobs on)
+          return first_gen.sample(dfirst, key, z[None], c1, ip1, start_step=share_step,
+                                  **first_gen.stochastic).x_0[0]
         k_n, k_s = jax.random.split(key)
         x_T = jax.random.normal(k_n, (1,) + x_c.shape, x_c.dtype)
         return first_gen.sample(dfirst, k_s, x_T, c1,

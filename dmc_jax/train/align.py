@@ -300,7 +300,6 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
     writer.rewind(lambda r: not any(k.startswith("align/") for k in r)
                   or r["step"] <= done_updates)
     decisions.rewind(lambda r: r["step"] <= done_updates)
-    progress = logging_lib.Progress("align", 0)
     while not sched.done:
       name = sequential.stage(sched_cfg, sched)
       aligner, tx, update = get_update(name, sched.pass_idx)
@@ -310,9 +309,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       st = base_lib.set_learning_rate(st, stage_lr(config, name) * sched.lr_scale)
       critic_params = (tree["critic"].q.params, tree["critic"].v.params)
       chunk_m = []
+      chunk_no = done_updates // a.updates_per_chunk + 1
+      poison = np.float32(np.nan if chunk_no in tuple(a.inject_nan_chunks) else 1.0)
       for i in range(a.updates_per_chunk):
         u = done_updates + i
-        st, m = update(st, base_params, critic_params, {"hist": contexts(u)},
+        st, m = update(st, base_params, critic_params, {"hist": contexts(u) * poison},
                        jax.random.fold_in(k_upd, u))
         chunk_m.append(m)
       m = {k: np.asarray([float(x[k]) for x in chunk_m]) for k in chunk_m[0]}

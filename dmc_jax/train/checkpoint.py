@@ -137,6 +137,13 @@ class Checkpointer:
       return Restored(s, out.state, dict(out.meta or {}))
     return None
 
+  def restore_meta(self, step: Optional[int] = None) -> dict:
+    """The metadata saved with a step (the latest by default)."""
+    step = self._mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}")
+    return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
   def restore_untyped(self, step: Optional[int] = None):
     """The saved tree as nested dicts of arrays (no expected structure: for export and
     inspection, not for resuming)."""

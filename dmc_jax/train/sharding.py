@@ -43,12 +43,13 @@ def parallelize(build: Callable, mode: str, devices: Optional[Sequence] = None):
 
   Returns ``(update, num_devices)``; ``update(state, base, critic, batch, key) -> (state,
   metrics)`` takes unreplicated arguments and a global batch whose leading axis is a
-  multiple of ``num_devices``, and returns an unreplicated state.
+  multiple of ``num_devices``, and returns an unreplicated state. The state is not donated:
+  the scheduler keeps the last good state to roll back to.
   """
   if mode not in PARALLEL:
     raise ValueError(f"parallel mode must be one of {PARALLEL}, got {mode!r}")
   if mode == "none":
-    return jax.jit(build(None), donate_argnums=0), 1
+    return jax.jit(build(None)), 1
   devices = list(devices if devices is not None else jax.local_devices())
   n = len(devices)
   per_device = _invariant_metrics(build(DATA))
@@ -64,7 +65,7 @@ def parallelize(build: Callable, mode: str, devices: Optional[Sequence] = None):
   mesh = make_mesh(devices)
   sharded = jax.jit(jax.shard_map(per_device, mesh=mesh,
                                   in_specs=(P(), P(), P(), P(DATA), P()),
-                                  out_specs=(P(), P()), check_vma=False), donate_argnums=0)
+                                  out_specs=(P(), P()), check_vma=False))
   batch_sharding = NamedSharding(mesh, P(DATA))
 
   def update(state, base, critic, batch, key):

@@ -187,7 +187,7 @@ class CascadeTest(absltest.TestCase):
       dmc, params, critic, reward, hist, casc, state, tx = self._make(mode)
       state = perturbed(state)
       out = {}
-      for par in ("none", "shard_map"):
+      for par in (("none", "shard_map") if mode == "latent" else ("none",)):
         update, _ = sharding.parallelize(
             lambda ax: casc.make_update(reward, tx, axis_name=ax), par)
         new, m = update(jax.tree.map(jnp.copy, state), params, critic, {"hist": hist},
@@ -195,8 +195,9 @@ class CascadeTest(absltest.TestCase):
         out[par] = new
         self.assertEqual(float(m["nonfinite"]), 0.0)
         self.assertGreater(float(m["kept"]), 0.0)
-      rel, _ = max_rel_diff(out["none"].params, out["shard_map"].params, state.params)
-      self.assertLess(rel, 2e-3, mode)
+      if "shard_map" in out:
+        rel, _ = max_rel_diff(out["none"].params, out["shard_map"].params, state.params)
+        self.assertLess(rel, 2e-3, mode)
 
   def test_inpaint_mode_keeps_the_block(self):
     dmc, params, _, _, hist, casc, state, _ = self._make("inpaint")

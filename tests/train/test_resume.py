@@ -12,7 +12,7 @@ CONFIG = os.path.join(ROOT, "configs", "default.py") + ":smoke"
 
 class ResumeTest(absltest.TestCase):
 
-  def test_sigkill_in_critic_and_dmc_phases_then_resume(self):
+  def test_sigkill_in_critic_dmc_and_align_phases_then_resume(self):
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache"))
     with tempfile.TemporaryDirectory() as root:
@@ -24,6 +24,9 @@ class ResumeTest(absltest.TestCase):
       self.assertTrue(fi.run_and_kill(cmd, after_line="train critic: 100/200", env=env))
       self.assertEqual(fi.corrupt_checkpoints(killed), 0)
       self.assertTrue(fi.run_and_kill(cmd, after_line="train dmc: 50/100", env=env))
+      self.assertEqual(fi.corrupt_checkpoints(killed), 0)
+      # Then mid-alignment: after the DPO stage's first chunk was decided.
+      self.assertTrue(fi.run_and_kill(cmd, after_line="align dpo pass 0 chunk 1", env=env))
       self.assertEqual(fi.corrupt_checkpoints(killed), 0)
       out = fi.run(cmd, env=env)
       self.assertIn("resumed critic from step 200", out.stdout)

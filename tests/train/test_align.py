@@ -1,0 +1,94 @@
+"""The alignment job end to end (tiny): scheduler decisions, rollback on injected NaN,
+online fine-tuning, the cascade, before -> after results, and align-config validation."""
+import json
+import os
+import tempfile
+
+import numpy as np
+from absl.testing import absltest
+
+from configs import nav1d as nav1d_config
+from dmc_jax.train import checkpoint, offline
+
+
+def smoke(**align):
+  c = nav1d_config.get_config("dp,full,smoke")
+  c.eval.num_episodes = 8
+  for k, v in align.items():
+    group = c.align
+    *path, name = k.split("__")
+    for p in path:
+      group = group[p]
+    group[name] = v
+  return c
+
+
+class AlignJobTest(absltest.TestCase):
+
+  def test_rollback_online_cascade_and_results(self):
+    c = smoke(inject_nan_chunks=(2,), online__enabled=True, cascade__enabled=True,
+              max_chunks=3, parallel="shard_map")
+    with tempfile.TemporaryDirectory() as wd:
+      results = offline.train_and_evaluate(c, wd)
+      with open(os.path.join(wd, "decisions.jsonl")) as f:
+        decisions = [json.loads(line) for line in f]
+      # Chunk 2 saw NaN input: every update was skipped -> rollback, learning rate halved.
+      second = decisions[1]
+      self.assertEqual((second["action"], second["stage"]), ("rollback", "rl"))
+      self.assertIn("non-finite", second["reason"])
+      rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+      lrs = [r["align/lr"] for r in rows if "align/lr" in r]
+      self.assertAlmostEqual(lrs[2], lrs[0] * c.align.lr_decay, places=8)
+      self.assertEqual(decisions[-1]["action"], "finish")
+      self.assertEqual([d["stage"] for d in decisions if d["action"] in ("advance", "finish")],
+                       ["rl", "dpo", "sft"])
+      # Online fine-tuning ran after the good chunks.
+      self.assertTrue(any("align/rl/online_return" in r for r in rows))
+      # Before -> after for each selection, and the cascade appended.
+      for sel in c.align.eval_selections:
+        row = results["align"][sel]
+        for name in ("before", "after", "cascade"):
+          self.assertTrue(np.isfinite(row[name]["return_mean"]), (sel, name))
+      self.assertTrue(os.path.exists(os.path.join(wd, "align_curve.png")))
+      self.assertTrue(os.path.exists(os.path.join(wd, "align_results.md")))
+      self.assertLen(results["align_curve"], 4)  # reference + one point per stage
+      # The latest alignment checkpoint is finite and holds the scheduler's position.
+      ck = checkpoint.Checkpointer(os.path.join(wd, "checkpoints", "align"))
+      tree, meta = ck.restore_untyped(), ck.restore_meta()
+      ck.close()
+      self.assertTrue(meta["scheduler"]["done"])
+      self.assertEqual(meta["scheduler"]["total_rollbacks"], 1)
+      self.assertTrue(checkpoint.all_finite(tree))
+
+
+class AlignConfigTest(absltest.TestCase):
+
+  def check(self, message, **align):
+    with self.assertRaisesRegex(ValueError, message):
+      offline.validate_config(smoke(**align))
+
+  def test_bad_align_values_name_the_key(self):
+    self.check(r"align.stages=.*stage names", stages=("rl", "ppo"))
+    self.check(r"align.rl.method='trpo'.*one of", rl__method="trpo")
+    self.check(r"align.rl.num_grad_steps=\(9,\).*\[0, 4\]", rl__num_grad_steps=(9,))
+    self.check(r"align.dpo.beta=-1.0.*positive", dpo__beta=-1.0)
+    self.check(r"align.dpo.num_samples=1", dpo__num_samples=1)
+    self.check(r"align.rl.step_groups=3.*divisor", rl__step_groups=3)
+    self.check(r"align.parallel='tpu'", parallel="tpu")
+    self.check(r"align.cascade.share_step=4", cascade__share_step=4)
+    self.check(r"align.sft.keep_frac=0.0", sft__keep_frac=0.0)
+    c = smoke()
+    c.diffusion.sampler = "ode"
+    with self.assertRaisesRegex(ValueError, r"align.rl.method='ppo'.*qgrad"):
+      offline.validate_config(c)
+
+  def test_unknown_align_key(self):
+    c = smoke()
+    with c.unlocked():
+      c.align.rl.betta = 1.0
+    with self.assertRaisesRegex(ValueError, r"config.align.rl.betta is not a known key"):
+      offline.validate_config(c)
+
+
+if __name__ == "__main__":
+  absltest.main()
