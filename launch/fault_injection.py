@@ -86,7 +86,7 @@ def _load_latest(directory):
   ckpt = checkpoint.Checkpointer(directory)
   try:
     steps = ckpt.all_steps()
-    return steps[-1], ckpt.restore_untyped(steps[-1])
+    return (steps[-1], ckpt.restore_untyped(steps[-1])) if steps else (None, None)
   finally:
     ckpt.close()
 

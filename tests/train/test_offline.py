@@ -21,6 +21,7 @@ class OfflineEndToEndTest(absltest.TestCase):
     c.model.mlp_hidden, c.model.mlp_width = 64, 128
     c.eval.selection = "expectation"  # the DMC alone, no critic help
     c.eval.num_episodes = 16
+    c.align.stages = ()  # pretraining only: `model/` is then the evaluated model
     with tempfile.TemporaryDirectory() as wd:
       r = loop.train_and_evaluate(c, wd)
       self.assertGreater(r["return_mean"], r["random_return"] + 8.0)
