@@ -426,7 +426,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final, returns = evaluate(state.ema_params, critic_params, jax.random.fold_in(k_eval, 0),
                             config.eval.num_episodes)
   curve.append((tc.steps, final["return_mean"], final["return_std"]))
-  writer.write_scalars(tc.steps, {f"eval/{k}": v for k, v in final.items()})
   aligned = None
   if config.align.stages:
     aligned = _align(config, workdir, dmc=dmc, base_params=state.ema_params, critic=critic,
@@ -441,6 +440,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     checkpoint.save(os.path.join(workdir, "model"), tc.steps,
                     model_bundle(state.ema_params, critic_params, obs_norm, act_norm))
+  # Written after the alignment rows, so that a run resumed mid-alignment writes its rows in
+  # the same order as an uninterrupted one.
+  writer.write_scalars(tc.steps, {f"eval/{k}": v for k, v in final.items()})
   rand = random_policy_returns(config, jax.random.fold_in(k_eval, 1), config.eval.num_episodes)
   n_ep = len(returns)
   results = {
