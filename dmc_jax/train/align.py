@@ -267,7 +267,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       updates[k] = (aligner, tx, fn)
     return updates[k]
 
-  aligner0, tx0, _ = get_update(sched_cfg.stages[0], 0)
+  aligner0, _, _ = get_update(sched_cfg.stages[0], 0)
   state = aligner0.init(k_init, base_params)
   tree = {"state": state, "critic": critic_state, "buffer": buf}
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "align"),
