@@ -75,6 +75,28 @@ def init_lora(key, sampling, base_params, rank: int):
                             filter_fn=lora_lib.all_kernels)
 
 
+def make_lora_init(sampling, lora_rank: int, tx) -> Callable:
+  """``init(key, base_params) -> AlignState``: fresh adapters and optimiser state."""
+  def init(key, base_params):
+    return init_state(init_lora(key, sampling, base_params, lora_rank), tx)
+  return init
+
+
+SAMPLE_FROM = ("current", "reference")
+
+
+def check_sample_from(sample_from: str) -> None:
+  if sample_from not in SAMPLE_FROM:
+    raise ValueError(f"sample_from must be one of {SAMPLE_FROM}, got {sample_from!r}")
+
+
+def sampling_params(sampling, base_params, lora, sample_from: str, scale: float = 1.0):
+  """The (gradient-stopped) params that generate the training samples: the aligned model
+  (``current``) or the reference (``reference``)."""
+  return jax.lax.stop_gradient(aligned_params(
+      sampling, base_params, lora if sample_from == "current" else None, scale))
+
+
 def aligned_params(sampling, base_params, lora, scale: float = 1.0):
   """Full model params with the adapters merged into the denoiser (``lora=None``: the
   reference)."""

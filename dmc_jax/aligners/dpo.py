@@ -74,15 +74,11 @@ def make_dpo_aligner(sampling, reward_fn: Callable, tx, *, beta: float, num_samp
   the reference, ``sample_from="reference"``) ranked by ``reward_fn``; the best and the worst
   form the pair (pairs with equal rewards get weight 0); one gradient step on
   :func:`dpo_loss` against the reference (the base params, adapters off)."""
-  if sample_from not in ("current", "reference"):
-    raise ValueError(f"sample_from must be 'current' or 'reference', got {sample_from!r}")
+  base.check_sample_from(sample_from)
   if num_samples < 2:
     raise ValueError(f"DPO needs at least 2 samples per context, got {num_samples}")
   if weighting not in SNR_WEIGHTS:
     raise ValueError(f"unknown SNR weighting {weighting!r}; known: {SNR_WEIGHTS}")
-
-  def init(key, base_params):
-    return base.init_state(base.init_lora(key, sampling, base_params, lora_rank), tx)
 
   def update(state, base_params, critic_params, batch, key):
     hist = batch["hist"]
@@ -90,9 +86,7 @@ def make_dpo_aligner(sampling, reward_fn: Callable, tx, *, beta: float, num_samp
     k_sample, k_noise = jax.random.split(key)
     ids = base.global_ids(b, axis_name)
     hist_rep, sid = base.repeat_contexts(hist, ids, num_samples)
-    lora = state.params if sample_from == "current" else None
-    params = jax.lax.stop_gradient(
-        base.aligned_params(sampling, base_params, lora, lora_scale))
+    params = base.sampling_params(sampling, base_params, state.params, sample_from, lora_scale)
     smp = base.sample_contexts(sampling, sampling.gen.sample, params,
                                base.per_sample_keys(k_sample, sid), hist_rep)
     r = reward_fn(params, critic_params[0], smp.x_0, hist_rep).reshape(b, num_samples)
@@ -121,4 +115,4 @@ def make_dpo_aligner(sampling, reward_fn: Callable, tx, *, beta: float, num_samp
     m.update(reward_gap=base.pmean(jnp.mean(jnp.max(r, 1) - jnp.min(r, 1)), axis_name))
     return new, m
 
-  return base.Aligner(init, update)
+  return base.Aligner(base.make_lora_init(sampling, lora_rank, tx), update)

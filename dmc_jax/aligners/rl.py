@@ -127,10 +127,6 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
   sg = S // step_groups
   n_updates = epochs * minibatches * step_groups
 
-  def init(key, base_params):
-    lora = base.init_lora(key, sampling, base_params, lora_rank)
-    return base.init_state(lora, tx)
-
   def update(state, base_params, critic_params, batch, key):
     hist = batch["hist"]
     b = hist.shape[0]
@@ -219,7 +215,7 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
     metrics["reward"], metrics["reward_std"] = base.global_mean_std(reward, axis_name)
     return new.replace(step=state.step + 1), metrics
 
-  return base.Aligner(init, update)
+  return base.Aligner(base.make_lora_init(sampling, lora_rank, tx), update)
 
 
 def make_qgrad_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 1,
@@ -243,9 +239,6 @@ def make_qgrad_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 
   S = sampler.num_steps
   weights = credit_weights(credit, num_steps=S, decay=credit_decay)[:, 0] if credit != (
       "uniform") else None
-
-  def init(key, base_params):
-    return base.init_state(base.init_lora(key, sampling, base_params, lora_rank), tx)
 
   def update(state, base_params, critic_params, batch, key):
     hist = batch["hist"]
@@ -273,4 +266,4 @@ def make_qgrad_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 
     m["reward_std"] = jnp.sqrt(jnp.maximum(m.pop("reward_sq") - jnp.square(m["reward"]), 0.0))
     return new, m
 
-  return base.Aligner(init, update)
+  return base.Aligner(base.make_lora_init(sampling, lora_rank, tx), update)

@@ -36,24 +36,18 @@ def make_sft_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 8,
   are dropped, and the ``keep_frac`` share of all samples with the highest rewards among the
   rest is kept; one step of the ordinary diffusion loss on those (in-painted entries
   excluded, as in pretraining)."""
-  if sample_from not in ("current", "reference"):
-    raise ValueError(f"sample_from must be 'current' or 'reference', got {sample_from!r}")
+  base.check_sample_from(sample_from)
   if not 0 < keep_frac <= 1:
     raise ValueError(f"keep_frac must be in (0, 1], got {keep_frac}")
   if not 0 <= lik_quantile < 1:
     raise ValueError(f"lik_quantile must be in [0, 1), got {lik_quantile}")
-
-  def init(key, base_params):
-    return base.init_state(base.init_lora(key, sampling, base_params, lora_rank), tx)
 
   def update(state, base_params, critic_params, batch, key):
     hist = batch["hist"]
     b = hist.shape[0]
     k_sample, k_lik, k_loss = jax.random.split(key, 3)
     hist_rep, sid = base.repeat_contexts(hist, base.global_ids(b, axis_name), num_samples)
-    lora = state.params if sample_from == "current" else None
-    params = jax.lax.stop_gradient(
-        base.aligned_params(sampling, base_params, lora, lora_scale))
+    params = base.sampling_params(sampling, base_params, state.params, sample_from, lora_scale)
     smp = base.sample_contexts(sampling, sampling.gen.sample, params,
                                base.per_sample_keys(k_sample, sid), hist_rep)
     r = reward_fn(params, critic_params[0], smp.x_0, hist_rep)
@@ -88,4 +82,4 @@ def make_sft_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 8,
              lik_threshold=jnp.quantile(lik_all, lik_quantile))
     return new, m
 
-  return base.Aligner(init, update)
+  return base.Aligner(base.make_lora_init(sampling, lora_rank, tx), update)

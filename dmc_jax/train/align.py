@@ -102,8 +102,8 @@ def validate(config, num_sampling_steps: int) -> None:
     bad("dpo.weighting", a.dpo.weighting, f"one of {dpo.SNR_WEIGHTS}")
   for key, v in (("dpo.sample_from", a.dpo.sample_from), ("sft.sample_from",
                                                          a.sft.sample_from)):
-    if v not in ("current", "reference"):
-      bad(key, v, "'current' or 'reference'")
+    if v not in base_lib.SAMPLE_FROM:
+      bad(key, v, f"one of {base_lib.SAMPLE_FROM}")
   if not 0 < a.sft.keep_frac <= 1:
     bad("sft.keep_frac", a.sft.keep_frac, "a number in (0, 1]")
   if not 0 <= a.sft.lik_quantile < 1:
