@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_episodes = 1000  # episodes written when a Nav1D dataset is generated
   c.data.collect_seed = 0  # seed of the Nav1D behaviour roll-outs
   c.data.normalizer = "minmax"  # minmax | gaussian | none (observations and actions)
+  c.data.reward_scale = 1.0  # rewards are multiplied by this for the critic (Q scale)
 
   c.critic = ml_collections.ConfigDict()
   c.critic.hidden_dims = (128, 128)  # MLP widths of V and both Q heads

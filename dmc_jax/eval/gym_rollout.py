@@ -10,7 +10,8 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
                 max_steps: int, history: int = 1, execute_steps: int = 1,
                 seeds=None) -> dict:
   """Runs ``num_episodes`` episodes in a ``SyncVectorEnv`` and returns ``returns [E]``,
-  ``lengths [E]``, ``obs [E, T, O]``, ``actions [E, T, A]``, ``alive [E, T]``.
+  ``lengths [E]``, ``obs [E, T, O]``, ``actions [E, T, A]``, ``alive [E, T]``, and
+  ``success [E]`` (1 where ``info["success"]`` was set at some step) when the env reports it.
 
   ``act_fn(key, history [E, K, O]) -> actions [E, X, A]`` (jit it); re-plans every
   ``execute_steps`` steps. Episode ``i`` resets with ``seed = seeds[i]`` (default ``i``).
@@ -24,6 +25,7 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
   alive = np.ones(num_episodes, bool)
   rets = np.zeros(num_episodes)
   lengths = np.zeros(num_episodes, np.int64)
+  success = None
   rec_obs, rec_act, rec_alive = [], [], []
   queue = None
   for t in range(max_steps):
@@ -36,6 +38,10 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
     rec_alive.append(alive.copy())
     obs, r, term, trunc, info = envs.step(a)
     rets += np.where(alive, r, 0.0)
+    if "success" in info:
+      flag = np.asarray(info["success"], np.float64) > 0
+      flag &= np.asarray(info.get("_success", np.ones_like(flag)), bool)
+      success = (np.zeros(num_episodes, bool) if success is None else success) | (alive & flag)
     lengths += alive
     done = term | trunc
     # With SAME_STEP auto-reset, obs of a finished env is already the next episode's start.
@@ -44,5 +50,8 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
     if not alive.any():
       break
   envs.close()
-  return {"returns": rets, "lengths": lengths, "obs": np.stack(rec_obs, 1),
-          "actions": np.stack(rec_act, 1), "alive": np.stack(rec_alive, 1)}
+  out = {"returns": rets, "lengths": lengths, "obs": np.stack(rec_obs, 1),
+         "actions": np.stack(rec_act, 1), "alive": np.stack(rec_alive, 1)}
+  if success is not None:
+    out["success"] = success.astype(np.float64)
+  return out

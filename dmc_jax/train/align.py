@@ -193,7 +193,7 @@ class _Online:
       last = jnp.arange(obs.shape[1]) == obs.shape[1] - 1
       n = obs.shape[0] * obs.shape[1]
       new = {"obs": obs.reshape(n, -1), "actions": acts.reshape(n, -1),
-             "rewards": out["rewards"].reshape(n), "next_obs": next_obs.reshape(n, -1),
+             "rewards": out["rewards"].reshape(n) * config.data.reward_scale, "next_obs": next_obs.reshape(n, -1),
              "dones": jnp.broadcast_to(last[None], alive.shape).reshape(n).astype(jnp.float32),
              "valid": (alive & ~last[None]).reshape(n)}
       idx = (buf["ptr"] + jnp.cumsum(new["valid"]) - 1) % self.capacity

@@ -22,7 +22,7 @@ from flax import traverse_util
 from dmc_jax.critics import iql
 from dmc_jax.critics.selection import SELECTIONS
 from dmc_jax.data import episodes as ep_lib
-from dmc_jax.data import minari_io, nav1d_data
+from dmc_jax.data import gym_data, minari_io, nav1d_data
 from dmc_jax.envs import nav1d
 from dmc_jax.eval import coherency, rollout as rollout_lib
 from dmc_jax.models import dmc as dmc_lib
@@ -84,6 +84,11 @@ def validate_config(config) -> None:
   one_of("task", config.task, ("nav1d", "minari"))
   if config.task == "nav1d":
     one_of("data.dataset", config.data.dataset, nav1d.DATASET_KINDS)
+  else:
+    try:
+      gym_data.check_dataset_id(config.data.dataset)
+    except ValueError as e:
+      bad("data.dataset", config.data.dataset, str(e))
   one_of("data.normalizer", config.data.normalizer, ep_lib.NORMALIZERS)
   one_of("model.kind", config.model.kind, dmc_lib.MODELS)
   one_of("model.backbone", config.model.backbone, builders.BACKBONES)
@@ -92,6 +97,7 @@ def validate_config(config) -> None:
   one_of("diffusion.pred_type", config.diffusion.pred_type, ("eps", "x0", "v"))
   one_of("eval.selection", config.eval.selection, SELECTIONS)
   positive("env.horizon", "env.step_size", "env.max_steps", "data.num_episodes",
+           "data.reward_scale",
            "critic.steps", "critic.batch_size", "critic.lr", "model.horizon", "model.history",
            "model.execute_steps", "diffusion.train_steps", "diffusion.sample_steps",
            "train.steps", "train.batch_size", "train.lr", "train.log_every",
@@ -150,11 +156,16 @@ def load_data(config):
         seed=config.data.collect_seed)
     eps, _ = minari_io.load_episodes(did, (nav1d.OBS_DIM,), (nav1d.ACT_DIM,))
     return eps, {"dataset_id": did}
+  gym_data.ensure_dataset(config.data.dataset, num_episodes=config.data.num_episodes,
+                          seed=config.data.collect_seed)
   ds = minari_io.open_dataset(config.data.dataset)
   env = ds.recover_environment()
   eps, _ = minari_io.load_episodes(config.data.dataset, env.observation_space.shape,
                                    env.action_space.shape)
-  return eps, {"dataset_id": config.data.dataset, "env_spec": env.spec}
+  meta = ds.storage.metadata
+  ref = (meta.get("ref_min_score"), meta.get("ref_max_score"))
+  return eps, {"dataset_id": config.data.dataset, "env_spec": env.spec,
+               "ref_scores": None if None in ref else tuple(float(x) for x in ref)}
 
 
 def _chunked(start, total, chunk):
@@ -329,8 +340,20 @@ def _gym_evaluator(config, dmc, act, env_info):
                                   max_steps=config.env.max_steps, history=dmc.history,
                                   execute_steps=dmc.execute_steps)
     r = out["returns"]
-    return {"return_mean": float(np.mean(r)), "return_std": float(np.std(r))}, r
+    m = {"return_mean": float(np.mean(r)), "return_std": float(np.std(r))}
+    if "success" in out:
+      m["success_rate"] = float(np.mean(out["success"]))
+    if env_info.get("ref_scores"):
+      m["normalized_score"] = normalized_score(np.mean(r), env_info["ref_scores"])
+    return m, r
   return evaluate
+
+
+def normalized_score(ret, ref_scores) -> float:
+  """D4RL's normalised score ``100 * (R - R_random) / (R_expert - R_random)`` (the formula of
+  :func:`minari.get_normalized_score`, from the dataset's ``ref_min_score`` / ``ref_max_score``)."""
+  lo, hi = ref_scores
+  return float(100.0 * (ret - lo) / (hi - lo))
 
 
 def random_policy_returns(config, key, num_episodes):
@@ -364,7 +387,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   act_norm = ep_lib.fit_normalizer(trans.actions, config.data.normalizer)
   trans_n = jax.tree.map(jnp.asarray, trans._replace(obs=obs_norm.normalize(trans.obs),
                                                      next_obs=obs_norm.normalize(trans.next_obs),
-                                                     actions=act_norm.normalize(trans.actions)))
+                                                     actions=act_norm.normalize(trans.actions),
+                                                     rewards=trans.rewards *
+                                                     np.float32(config.data.reward_scale)))
   print(f"data {env_info['dataset_id']}: {len(eps.lengths)} episodes, {len(trans.obs)} "
         f"transitions, mean return {eps.returns().mean():.2f}", flush=True)
 

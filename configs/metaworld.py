@@ -1,0 +1,37 @@
+"""MetaWorld v3 tasks from generated Minari datasets: pretrain -> align -> evaluate.
+
+``--config=configs/metaworld.py:MODEL,TASK[,QUALITY][,smoke]`` with MODEL in
+``diffuser | dd | dp``, TASK one of MetaWorld's v3 tasks (the seed paper's four:
+``button-press``, ``drawer-open``, ``sweep-into``, ``plate-slide``) and QUALITY in
+``expert | medium | random`` (default ``medium``). The dataset
+``dmc_jax/metaworld/TASK/QUALITY-v0`` is generated with MetaWorld's scripted policy when it is
+not local (``python -m launch.make_metaworld_data`` writes them ahead of time). Evaluation
+reports the success rate and the return over episode seeds (each seed is one task variation).
+"""
+from configs import nav1d
+
+QUALITIES = ("expert", "medium", "random")
+
+
+def get_config(arg: str | None = None):
+  parts, smoke = nav1d.parse_arg(arg)
+  if len(parts) > 3:
+    raise ValueError(f"config arg {arg!r}: expected MODEL,TASK[,QUALITY][,smoke]")
+  model = parts[0] if parts else "dp"
+  task = (parts[1] if len(parts) > 1 else "button-press").removesuffix("-v3")
+  quality = parts[2] if len(parts) > 2 else "medium"
+  if quality not in QUALITIES:
+    raise ValueError(f"config arg {arg!r}: quality {quality!r} is not one of {QUALITIES}")
+  c = nav1d.apply_model(nav1d.base_config(), model)
+  c.task = "minari"
+  c.data.dataset = f"dmc_jax/metaworld/{task}/{quality}-v0"
+  c.data.num_episodes = 200  # episodes generated when the dataset is missing (150 steps each)
+  c.data.reward_scale = 0.1  # MetaWorld rewards are in [0, 10] per step
+  c.env.max_steps = 150  # the datasets' episode length
+  c.eval.num_episodes = 32
+  c.eval.curve_episodes = 8
+  if smoke:
+    c = nav1d.apply_smoke(c)
+    c.data.num_episodes, c.env.max_steps = 6, 30
+    c.eval.num_episodes, c.eval.curve_episodes = 2, 2
+  return c

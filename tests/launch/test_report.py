@@ -1,0 +1,76 @@
+"""The results report renders from synthetic workdirs, with figures computed from them."""
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+
+from launch import report
+
+
+def _row(mean, std, **extra):
+  return dict(return_mean=mean, return_std=std, return_ci95=1.96 * std / 4, **extra)
+
+
+def _workdir(root, name, dataset, model, before, after, online_at=None):
+  wd = os.path.join(root, name)
+  os.makedirs(wd)
+  res = {"dataset": dataset, "model": model, "sampler": "ddim", "wall_clock_s": 12.0,
+         "align": {"first": {"before": before, "after": after}},
+         "align_curve": [[0, before["return_mean"], before["return_std"], 0, 1, "reference"],
+                         [20, after["return_mean"], after["return_std"], 0, 1, "rl (pass 0)"]]}
+  with open(os.path.join(wd, "results.json"), "w") as f:
+    json.dump(res, f)
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"step": 10, "align/rl/loss": 0.1}) + "\n")
+    if online_at is not None:
+      f.write(json.dumps({"step": online_at, "align/rl/online_return": 3.0}) + "\n")
+  return wd
+
+
+class ReportTest(absltest.TestCase):
+
+  def test_report_from_synthetic_workdirs(self):
+    with tempfile.TemporaryDirectory() as root:
+      _workdir(root, "a", "dmc_jax/metaworld/button-press/medium-v0", "diffusion_policy",
+               _row(100.0, 20.0, success_rate=0.25), _row(130.0, 10.0, success_rate=0.75),
+               online_at=20)
+      _workdir(root, "b", "dmc_jax/nav1d/full-v0", "diffuser",
+               _row(8.0, 4.0, plan_coherency=0.5), _row(6.0, 5.0, plan_coherency=0.25))
+      _workdir(root, "c", "dmc_jax/hopper/ars-v0", "decision_diffuser",
+               _row(50.0, 5.0, normalized_score=2.0), _row(60.0, 3.0, normalized_score=2.3))
+      os.makedirs(os.path.join(root, "unfinished"))
+      dirs = report.find_workdirs([root])
+      self.assertLen(dirs, 3)
+      runs = [report.load_run(d) for d in dirs]
+      self.assertEqual(runs[0]["online_start"], 20)
+      self.assertIsNone(runs[1]["online_start"])
+      out = os.path.join(root, "out")
+      text = report.write_report(runs, out)
+      summary = json.load(open(os.path.join(out, "summary.json")))
+      self.assertAlmostEqual(summary["return_change"], (30.0 - 2.0 + 10.0) / 3)
+      self.assertAlmostEqual(summary["std_change"], (-10.0 + 1.0 - 2.0) / 3)
+      self.assertAlmostEqual(summary["success_change"], 0.5)
+      self.assertEqual(summary["improved"], 2)
+      # Columns DD, DP, Diffuser (sorted); one row per dataset × environment.
+      self.assertIn("| medium | button-press | - | 100.00 ± 20.00 -> **130.00 ± 10.00** "
+                    "(success 0.25 -> 0.75) | - |", text)
+      self.assertIn("| ars | hopper | 50.00 ± 5.00 -> **60.00 ± 3.00** | - | - |", text)
+      self.assertIn("| full | Nav1D |", text)
+      self.assertIn("0.50 -> 0.25", text)  # plan coherency
+      self.assertIn("2.0 -> 2.3", text)  # normalised score
+      self.assertIn("change of the mean return +12.67", text)
+      self.assertGreater(os.path.getsize(os.path.join(out, "align_curves.png")), 1000)
+
+  def test_unaligned_run_is_a_clear_error(self):
+    with tempfile.TemporaryDirectory() as root:
+      with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump({"dataset": "x/y-v0", "model": "dp"}, f)
+      with self.assertRaisesRegex(ValueError, "has no 'align' section"):
+        report.load_run(root)
+      with self.assertRaisesRegex(ValueError, "no finished"):
+        report.write_report([], root)
+
+
+if __name__ == "__main__":
+  absltest.main()
