@@ -23,8 +23,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-OUT = flags.DEFINE_string("out", None, "output folder of report.md and align_curves.png",
-                          required=True)
+OUT = flags.DEFINE_string("out", None, "output folder of report.md and align_curves.png")
 TITLE = flags.DEFINE_string("title", "Alignment results", "heading of report.md")
 
 MODEL_NAMES = {"diffuser": "Diffuser", "decision_diffuser": "DD", "diffusion_policy": "DP"}
@@ -223,6 +222,8 @@ def write_report(runs, out_dir, title="Alignment results") -> str:
 
 def main(argv):
   paths = argv[1:]
+  if not OUT.value:
+    raise app.UsageError("--out (the output folder) is required")
   if not paths:
     raise app.UsageError("pass workdirs (or folders / globs holding them)")
   dirs = find_workdirs(paths)

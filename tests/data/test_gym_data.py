@@ -90,6 +90,13 @@ class DatasetTest(absltest.TestCase):
     np.testing.assert_allclose(100 * minari.get_normalized_score(loaded, ret), expected)
     np.testing.assert_allclose([offline.normalized_score(r, (lo, hi)) for r in ret], expected)
 
+  def test_missing_generated_dataset_says_which_script_makes_it(self):
+    with self.assertRaisesRegex(FileNotFoundError, r"launch.make_metaworld_data "
+                                                   r"--tasks=sweep-into --qualities=random"):
+      minari_io.open_dataset("dmc_jax/metaworld/sweep-into/random-v0")
+    with self.assertRaisesRegex(FileNotFoundError, r"launch.make_mujoco_data --envs=walker2d"):
+      minari_io.open_dataset("dmc_jax/walker2d/ars-v0")
+
   def test_quality_perturbations(self):
     env = gym.make(mw_env.ENV_ID, task="plate-slide", max_episode_steps=5)
     fixed = lambda o: np.full(4, 0.3)

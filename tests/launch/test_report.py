@@ -1,6 +1,8 @@
 """The results report renders from synthetic workdirs, with figures computed from them."""
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import absltest
@@ -61,6 +63,24 @@ class ReportTest(absltest.TestCase):
       self.assertIn("2.0 -> 2.3", text)  # normalised score
       self.assertIn("change of the mean return +12.67", text)
       self.assertGreater(os.path.getsize(os.path.join(out, "align_curves.png")), 1000)
+
+  def test_align_table_reuses_finished_cells_and_reports(self):
+    root_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with tempfile.TemporaryDirectory() as root:
+      _workdir(root, "dp_button-press_medium_ddim", "dmc_jax/metaworld/button-press/medium-v0",
+               "diffusion_policy", _row(1.0, 1.0, success_rate=0.0),
+               _row(2.0, 1.0, success_rate=0.5))
+      proc = subprocess.run(
+          [sys.executable, "-m", "launch.align_table", "--suite=metaworld", "--models=dp",
+           "--datasets=button-press:medium", f"--workdir={root}"], cwd=root_dir,
+          capture_output=True, text=True, timeout=300)
+      self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+      text = open(os.path.join(root, "report.md")).read()
+      self.assertIn("(success 0.00 -> 0.50)", text)
+      proc = subprocess.run([sys.executable, "-m", "launch.report", root], cwd=root_dir,
+                            capture_output=True, text=True, timeout=300)
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("--out", proc.stderr)
 
   def test_unaligned_run_is_a_clear_error(self):
     with tempfile.TemporaryDirectory() as root:
