@@ -16,6 +16,10 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
   ``lr_decay`` (kept for the rest of the run);
 * ``finish``: the last stage of the last pass is done.
 
+After each visit the shell also measures the environment return, and :func:`env_guard` says
+whether to *revert* the whole visit (restore the adapters it started from): the critic can be
+exploited, so its value alone cannot see every collapse.
+
 ``scale`` is the spread (std) of the tracked reward at the start, so that ``tol`` and
 ``drop_tol`` do not depend on the critic's units. The state is a small JSON-able dataclass
 that the shell saves with every checkpoint (the scheduler's position and rollback history).
@@ -142,3 +146,19 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
                    f"{s.since_best} chunk(s) without gain")
   new = _advance(cfg, s)
   return new, dict(where, action="finish" if new.done else "advance", reason=reason)
+
+
+def env_guard(before_mean: float, before_std: float, after_mean: float,
+              tol: float) -> Optional[str]:
+  """Why a stage visit must be reverted, or None: the environment return measured after the
+  visit is non-finite or fell more than ``tol`` times the spread (std over episodes) of the
+  return measured before it. ``tol = 0`` turns the guard off."""
+  if tol <= 0:
+    return None
+  if not math.isfinite(after_mean):
+    return f"environment return {after_mean} is not finite"
+  floor = before_mean - tol * max(before_std, 1e-8)
+  if after_mean < floor:
+    return (f"environment return fell from {before_mean:.4g} ± {before_std:.4g} to "
+            f"{after_mean:.4g} (below {floor:.4g} = before - {tol:g} std)")
+  return None

@@ -92,6 +92,8 @@ def validate(config, num_sampling_steps: int) -> None:
                  ("cascade.lr", a.cascade.lr)):
     if not v > 0:
       bad(key, v, "a positive number")
+  if a.env_guard < 0:
+    bad("env_guard", a.env_guard, "a non-negative number (0 turns the guard off)")
   for key, v in (("rl.kl_coef", a.rl.kl_coef), ("rl.entropy_coef", a.rl.entropy_coef),
                  ("rl.reg_coef", a.rl.reg_coef)):
     if v < 0:
@@ -269,7 +271,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
 
   aligner0, _, _ = get_update(sched_cfg.stages[0], 0)
   state = aligner0.init(k_init, base_params)
-  tree = {"state": state, "critic": critic_state, "buffer": buf}
+  # ``visit_start``: the adapters a stage visit started from (restored by the env guard).
+  tree = {"state": state, "critic": critic_state, "buffer": buf, "visit_start": state.params}
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "align"),
                                  max_to_keep=config.train.keep_checkpoints)
   decisions = logging_lib.MetricWriter(workdir, "decisions.jsonl")
@@ -306,6 +309,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       st = tree["state"]
       if sched.chunk == 0 and sched.rollbacks == 0:  # a new stage visit: fresh optimiser
         st = base_lib.init_state(st.params, tx)
+        tree = dict(tree, visit_start=st.params)
       st = base_lib.set_learning_rate(st, stage_lr(config, name) * sched.lr_scale)
       critic_params = (tree["critic"].q.params, tree["critic"].v.params)
       chunk_m = []
@@ -354,8 +358,22 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
         params = base_lib.aligned_params(dmc.sampling, base_params, tree["state"].params, scale)
         em, _ = evaluate(params, (tree["critic"].q.params, tree["critic"].v.params),
                          jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+        label = f"{name} (pass {sched.pass_idx})"
+        prev = curve_pts[-1]
+        why = sequential.env_guard(prev[1], prev[2], em["return_mean"], a.env_guard)
+        if why is not None:  # revert the visit: back to the adapters it started from
+          tree = dict(tree, state=tree["state"].replace(params=tree["visit_start"]))
+          decisions.write_row(step, {"action": "revert", "stage": name,
+                                     "pass": sched.pass_idx, "reason": why,
+                                     "rejected_return": em["return_mean"]})
+          print(f"  revert {name}: {why}", flush=True)
+          params = base_lib.aligned_params(dmc.sampling, base_params, tree["state"].params,
+                                           scale)
+          em, _ = evaluate(params, (tree["critic"].q.params, tree["critic"].v.params),
+                           jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+          label += " reverted"
         curve_pts.append((step, em["return_mean"], em["return_std"], reward, reward_std,
-                          f"{name} (pass {sched.pass_idx})"))
+                          label))
         writer.write_scalars(step, {"align/curve_return_mean": em["return_mean"],
                                     "align/curve_return_std": em["return_std"]})
         print(f"  eval after {name}: return {em['return_mean']:.2f} ± {em['return_std']:.2f}",

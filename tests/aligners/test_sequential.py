@@ -12,6 +12,14 @@ class SchedulerTest(absltest.TestCase):
                                    patience=2, tol=0.1, drop_tol=1.0, lr_decay=0.5,
                                    max_rollbacks=2)
 
+  def test_env_guard(self):
+    self.assertIsNone(seq.env_guard(10.0, 2.0, 8.5, 1.0))  # within one std
+    why = seq.env_guard(10.0, 2.0, 7.9, 1.0)
+    self.assertIn("fell from 10 ± 2 to 7.9 (below 8", why)
+    self.assertIsNotNone(seq.env_guard(10.0, 0.0, 9.99, 1.0))  # no spread: any drop counts
+    self.assertIn("not finite", seq.env_guard(10.0, 2.0, float("nan"), 1.0))
+    self.assertIsNone(seq.env_guard(10.0, 2.0, -100.0, 0.0))  # off
+
   def test_advances_on_a_plateau(self):
     s = seq.init_state(1.0)
     actions = []

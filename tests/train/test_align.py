@@ -3,11 +3,13 @@ online fine-tuning, the cascade, before -> after results, and align-config valid
 import json
 import os
 import tempfile
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
 
 from configs import nav1d as nav1d_config
+from dmc_jax.train import align as align_lib
 from dmc_jax.train import checkpoint, offline
 
 
@@ -61,6 +63,35 @@ class AlignJobTest(absltest.TestCase):
       self.assertTrue(checkpoint.all_finite(tree))
 
 
+  def test_env_guard_reverts_a_visit_whose_env_return_falls(self):
+    """The environment return after the RL visit is made to fall: the visit is reverted, so
+    the aligned model is the reference again (same returns on the same seeds)."""
+    c = smoke(stages=("rl",), eval_selections=("first",), max_chunks=1, min_chunks=1)
+    real = align_lib.run_alignment
+    calls = []
+
+    def run_alignment(*args, evaluate, **kw):
+      def fake(params, critic_params, key, n):
+        m, r = evaluate(params, critic_params, key, n)
+        calls.append(m["return_mean"])
+        if len(calls) == 2:  # the evaluation after the RL visit
+          m = dict(m, return_mean=m["return_mean"] - 2 * m["return_std"] - 1.0)
+        return m, r
+      return real(*args, evaluate=fake, **kw)
+
+    with tempfile.TemporaryDirectory() as wd, mock.patch.object(align_lib, "run_alignment",
+                                                                run_alignment):
+      results = offline.train_and_evaluate(c, wd)
+      decisions = [json.loads(line) for line in open(os.path.join(wd, "decisions.jsonl"))]
+    self.assertEqual([d["action"] for d in decisions], ["finish", "revert"])
+    self.assertIn("environment return fell", decisions[1]["reason"])
+    self.assertLen(calls, 3)  # reference, after RL (rejected), after the revert
+    self.assertEqual(calls[2], calls[0])  # the reverted adapters are the initial ones
+    row = results["align"]["first"]
+    self.assertEqual(row["after"]["return_mean"], row["before"]["return_mean"])
+    self.assertEqual(results["align_curve"][-1][5], "rl (pass 0) reverted")
+
+
 class AlignConfigTest(absltest.TestCase):
 
   def check(self, message, **align):
@@ -77,6 +108,7 @@ class AlignConfigTest(absltest.TestCase):
     self.check(r"align.parallel='tpu'", parallel="tpu")
     self.check(r"align.cascade.share_step=4", cascade__share_step=4)
     self.check(r"align.sft.keep_frac=0.0", sft__keep_frac=0.0)
+    self.check(r"align.env_guard=-1.0.*non-negative", env_guard=-1.0)
     c = smoke()
     c.diffusion.sampler = "ode"
     with self.assertRaisesRegex(ValueError, r"align.rl.method='ppo'.*qgrad"):
