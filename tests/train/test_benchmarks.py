@@ -1,5 +1,4 @@
 """Tiny end-to-end runs on MetaWorld and gymnasium MuJoCo datasets (generated on the spot)."""
-import importlib.util
 import json
 import os
 import tempfile
@@ -8,16 +7,7 @@ from absl.testing import absltest
 
 from dmc_jax.train import loop
 from launch import report
-
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs")
-
-
-def _load(name, arg):
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(CONFIGS, name))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+from tests.test_configs import _load
 
 
 class BenchmarkEndToEndTest(absltest.TestCase):
