@@ -195,7 +195,8 @@ class _Online:
       last = jnp.arange(obs.shape[1]) == obs.shape[1] - 1
       n = obs.shape[0] * obs.shape[1]
       new = {"obs": obs.reshape(n, -1), "actions": acts.reshape(n, -1),
-             "rewards": out["rewards"].reshape(n) * config.data.reward_scale, "next_obs": next_obs.reshape(n, -1),
+             "rewards": out["rewards"].reshape(n) * config.data.reward_scale,
+             "next_obs": next_obs.reshape(n, -1),
              "dones": jnp.broadcast_to(last[None], alive.shape).reshape(n).astype(jnp.float32),
              "valid": (alive & ~last[None]).reshape(n)}
       idx = (buf["ptr"] + jnp.cumsum(new["valid"]) - 1) % self.capacity
@@ -257,6 +258,14 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
     online = _Online(config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update, trans_n)
     buf = online.empty_buffer(trans_n.obs.shape[-1], trans_n.actions.shape[-1])
 
+  def curve_eval(lora, critic):
+    """Environment return of the model with ``lora`` merged (None: the reference), on the
+    curve's fixed episode seeds."""
+    params = base_lib.aligned_params(dmc.sampling, base_params, lora, scale)
+    em, _ = evaluate(params, (critic.q.params, critic.v.params),
+                     jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+    return em
+
   updates = {}
 
   def get_update(name, pass_idx):
@@ -293,8 +302,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       done_updates = 0
       r0, r0_std = (float(x) for x in tracker(None, critic_state.q.params))
       sched = sequential.init_state(r0_std)
-      em, _ = evaluate(base_params, (critic_state.q.params, critic_state.v.params),
-                       jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+      em = curve_eval(None, critic_state)
       curve_pts = [(0, em["return_mean"], em["return_std"], r0, r0_std, "reference")]
       writer.write_scalars(0, {"align/curve_return_mean": em["return_mean"],
                                "align/curve_return_std": em["return_std"],
@@ -332,8 +340,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
         buf_new, online_return = online.collect(params, critic_params,
                                                 jax.random.fold_in(k_online, step),
                                                 tree["buffer"])
-        critic_new, cm = online.train(tree["critic"], jax.random.fold_in(jax.random.fold_in(k_online, 1 << 30), step),
-                                      buf_new, trans_n)
+        k_critic = jax.random.fold_in(jax.random.fold_in(k_online, 1 << 30), step)
+        critic_new, cm = online.train(tree["critic"], k_critic, buf_new, trans_n)
         new_tree.update(buffer=buf_new, critic=critic_new)
         summary.update(online_return=float(online_return),
                        online_q_loss=float(np.mean(cm["q_loss"])))
@@ -355,9 +363,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       # rolled-back updates are not replayed (the next chunk draws new keys).
       done_updates = step
       if decision["action"] in ("advance", "finish"):
-        params = base_lib.aligned_params(dmc.sampling, base_params, tree["state"].params, scale)
-        em, _ = evaluate(params, (tree["critic"].q.params, tree["critic"].v.params),
-                         jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+        em = curve_eval(tree["state"].params, tree["critic"])
         label = f"{name} (pass {sched.pass_idx})"
         prev = curve_pts[-1]
         why = sequential.env_guard(prev[1], prev[2], em["return_mean"], a.env_guard)
@@ -367,10 +373,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                                      "pass": sched.pass_idx, "reason": why,
                                      "rejected_return": em["return_mean"]})
           print(f"  revert {name}: {why}", flush=True)
-          params = base_lib.aligned_params(dmc.sampling, base_params, tree["state"].params,
-                                           scale)
-          em, _ = evaluate(params, (tree["critic"].q.params, tree["critic"].v.params),
-                           jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+          em = curve_eval(tree["state"].params, tree["critic"])
           label += " reverted"
         curve_pts.append((step, em["return_mean"], em["return_std"], reward, reward_std,
                           label))
