@@ -16,9 +16,10 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
   ``lr_decay`` (kept for the rest of the run);
 * ``finish``: the last stage of the last pass is done.
 
-After each visit the shell also measures the environment return, and :func:`env_guard` says
-whether to *revert* the whole visit (restore the adapters it started from): the critic can be
-exploited, so its value alone cannot see every collapse.
+After each visit the shell also measures the environment return (and success, where the env
+reports it) on the curve's fixed episode seeds, and :func:`env_guard` says whether to *revert*
+the whole visit (restore the adapters it started from): the critic can be exploited, so its
+value alone cannot see every collapse.
 
 ``scale`` is the spread (std) of the tracked reward at the start, so that ``tol`` and
 ``drop_tol`` do not depend on the critic's units. The state is a small JSON-able dataclass
@@ -26,7 +27,7 @@ that the shell saves with every checkpoint (the scheduler's position and rollbac
 """
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -148,13 +149,42 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
   return new, dict(where, action="finish" if new.done else "advance", reason=reason)
 
 
-def env_guard(before_mean: float, before_std: float, after_mean: float,
+GUARD_MEASURES = ("return", "success")
+
+
+def env_guard(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
               tol: float) -> Optional[str]:
-  """Why a stage visit must be reverted, or None: the environment return measured after the
-  visit is non-finite or fell more than ``tol`` times the spread (std over episodes) of the
-  return measured before it. ``tol = 0`` turns the guard off."""
+  """Why a stage visit must be reverted, or None.
+
+  ``before`` and ``after`` hold per-episode measures (``return``, and ``success`` where the
+  environment reports it) on the *same* episode seeds, before and after the visit. A paired
+  one-sided test per measure: the visit is reverted when the mean per-episode change is
+  negative and more than ``tol`` standard errors of that change (``std(after - before,
+  ddof=1) / sqrt(n)``) below zero, or when an after value is not finite. Pairing removes the
+  seed-to-seed spread (the task variation), which on MetaWorld is larger than the effect of
+  a visit. ``tol = 0`` turns the guard off.
+  """
   if tol <= 0:
     return None
+  for name in GUARD_MEASURES:
+    if name not in before or name not in after:
+      continue
+    b = np.asarray(before[name], np.float64)
+    a = np.asarray(after[name], np.float64)
+    if a.shape != b.shape:
+      raise ValueError(f"env_guard: {name} before has shape {b.shape}, after {a.shape}; "
+                       "both must be per-episode values on the same seeds")
+    if not np.all(np.isfinite(a)):
+      return f"environment {name} is not finite"
+    d = a - b
+    n = d.size
+    change = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    if change < -tol * se and change < -1e-9 * (1.0 + float(np.abs(b).mean())):
+      return (f"environment {name} fell from {b.mean():.4g} to {a.mean():.4g} on the same "
+              f"{n} episode seeds (paired change {change:.4g}, standard error {se:.4g}; "
+              f"below -{tol:g} SE)")
+  return None
   if not math.isfinite(after_mean):
     return f"environment return {after_mean} is not finite"
   floor = before_mean - tol * max(before_std, 1e-8)

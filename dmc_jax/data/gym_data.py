@@ -225,10 +225,15 @@ def check_dataset_id(dataset_id: str) -> None:
 
 def ensure_dataset(dataset_id: str, *, num_episodes: int, seed: int) -> str:
   """Generates a missing dataset this module knows how to make; other ids are left to
-  :func:`~dmc_jax.data.minari_io.open_dataset` (which says how to get them)."""
+  :func:`~dmc_jax.data.minari_io.open_dataset` (which says how to get them). A local one of
+  another size is an error (:func:`~dmc_jax.data.minari_io.check_episode_count`)."""
   gen = generator_for(dataset_id)
-  if gen is not None and not minari_io.exists(dataset_id):
+  if gen is None:
+    return dataset_id
+  if not minari_io.exists(dataset_id):
     print(f"generating {dataset_id} ({num_episodes} episodes, seed {seed}); the same as "
           f"`{gen[1]}`", flush=True)
     gen[0](num_episodes, seed)
+  else:
+    minari_io.check_episode_count(dataset_id, num_episodes, gen[1])
   return dataset_id

@@ -20,6 +20,19 @@ def exists(dataset_id: str) -> bool:
   return dataset_id in minari.list_local_datasets()
 
 
+def check_episode_count(dataset_id: str, num_episodes: int, command: str) -> None:
+  """A local dataset the library generates on demand must hold the ``data.num_episodes`` the
+  config asks for: one made by another run (a smoke test, another size) is an error, not
+  silently trained on."""
+  got = open_dataset(dataset_id).total_episodes
+  if got != num_episodes:
+    raise ValueError(
+        f"local dataset {dataset_id!r} holds {got} episodes but the config asks for "
+        f"data.num_episodes={num_episodes}; set data.num_episodes={got} to use it, or "
+        f"regenerate it with `{command} --num_episodes={num_episodes} --overwrite`, or point "
+        f"MINARI_DATASETS_PATH elsewhere")
+
+
 def write_dataset(dataset_id: str, episodes: list, env, *, algorithm_name: str,
                   description: str, overwrite: bool = False, **metadata):
   """Writes per-episode dicts (:data:`~dmc_jax.data.episodes.FIELDS`) as a Minari dataset.

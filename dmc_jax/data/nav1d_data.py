@@ -47,7 +47,8 @@ def make_dataset(kind: str, *, num_episodes: int = 1000, seed: int = 0, task_see
 def ensure_dataset(kind: str, *, task_seed: int, horizon: int, step_size: float,
                    num_episodes: int = 1000, seed: int = 0, name: str | None = None) -> str:
   """Returns the dataset id, generating it if it is not local. An existing dataset made for
-  another task (seed, horizon, step size) is an error, not silently reused."""
+  another task (seed, horizon, step size) or of another size is an error, not silently
+  reused."""
   did = name or dataset_id(kind)
   if not minari_io.exists(did):
     make_dataset(kind, num_episodes=num_episodes, seed=seed, task_seed=task_seed,
@@ -62,4 +63,7 @@ def ensure_dataset(kind: str, *, task_seed: int, horizon: int, step_size: float,
             f"local dataset {did!r} was made for {k}={got.get(k)!r} but the config asks for "
             f"{v!r}; regenerate it with `python -m launch.make_nav1d_data --overwrite` (and "
             f"matching flags) or point MINARI_DATASETS_PATH elsewhere")
+    minari_io.check_episode_count(
+        did, num_episodes, f"python -m launch.make_nav1d_data --kinds={kind} "
+        f"--task_seed={task_seed} --horizon={horizon} --step_size={step_size}")
   return did

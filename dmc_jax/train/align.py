@@ -259,12 +259,12 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
     buf = online.empty_buffer(trans_n.obs.shape[-1], trans_n.actions.shape[-1])
 
   def curve_eval(lora, critic):
-    """Environment return of the model with ``lora`` merged (None: the reference), on the
-    curve's fixed episode seeds."""
+    """Environment metrics and per-episode values of the model with ``lora`` merged (None:
+    the reference), on the curve's fixed episode seeds."""
     params = base_lib.aligned_params(dmc.sampling, base_params, lora, scale)
-    em, _ = evaluate(params, (critic.q.params, critic.v.params),
-                     jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
-    return em
+    em, per_episode = evaluate(params, (critic.q.params, critic.v.params),
+                               jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+    return em, {k: np.asarray(v, np.float64).tolist() for k, v in per_episode.items()}
 
   updates = {}
 
@@ -296,13 +296,14 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       tree, done_updates = restored.tree, restored.step
       sched = sequential.SchedulerState.from_json(restored.meta["scheduler"])
       curve_pts = [tuple(p) for p in restored.meta["curve"]]
+      guard_ref = restored.meta["guard_ref"]
       print(f"resumed alignment at update {done_updates} ({ckpt.directory}): pass "
             f"{sched.pass_idx}, stage {sequential.stage(sched_cfg, sched)}", flush=True)
     else:
       done_updates = 0
       r0, r0_std = (float(x) for x in tracker(None, critic_state.q.params))
       sched = sequential.init_state(r0_std)
-      em = curve_eval(None, critic_state)
+      em, guard_ref = curve_eval(None, critic_state)
       curve_pts = [(0, em["return_mean"], em["return_std"], r0, r0_std, "reference")]
       writer.write_scalars(0, {"align/curve_return_mean": em["return_mean"],
                                "align/curve_return_std": em["return_std"],
@@ -363,17 +364,19 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       # rolled-back updates are not replayed (the next chunk draws new keys).
       done_updates = step
       if decision["action"] in ("advance", "finish"):
-        em = curve_eval(tree["state"].params, tree["critic"])
+        em, per_episode = curve_eval(tree["state"].params, tree["critic"])
         label = f"{name} (pass {sched.pass_idx})"
-        prev = curve_pts[-1]
-        why = sequential.env_guard(prev[1], prev[2], em["return_mean"], a.env_guard)
-        if why is not None:  # revert the visit: back to the adapters it started from
+        # ``guard_ref``: per-episode values of the last kept curve point (same seeds).
+        why = sequential.env_guard(guard_ref, per_episode, a.env_guard)
+        if why is None:
+          guard_ref = per_episode
+        else:  # revert the visit: back to the adapters it started from
           tree = dict(tree, state=tree["state"].replace(params=tree["visit_start"]))
           decisions.write_row(step, {"action": "revert", "stage": name,
                                      "pass": sched.pass_idx, "reason": why,
                                      "rejected_return": em["return_mean"]})
           print(f"  revert {name}: {why}", flush=True)
-          em = curve_eval(tree["state"].params, tree["critic"])
+          em, _ = curve_eval(tree["state"].params, tree["critic"])
           label += " reverted"
         curve_pts.append((step, em["return_mean"], em["return_std"], reward, reward_std,
                           label))
@@ -383,7 +386,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
               flush=True)
       sched = sched_new
       meta = {"config": json.loads(config.to_json()), "phase": "align",
-              "scheduler": sched.to_json(), "curve": [list(p) for p in curve_pts]}
+              "scheduler": sched.to_json(), "curve": [list(p) for p in curve_pts],
+              "guard_ref": guard_ref}
       ckpt.save(done_updates, tree, meta)  # after a rollback: the good state, new position
   finally:
     ckpt.close()

@@ -289,7 +289,9 @@ def train_critic(config, trans_n, key, writer, workdir):
 
 # ---------------------------------------------------------------------------- evaluation
 def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
-  """``evaluate(params, critic_params, key, num_episodes) -> dict of floats`` (jit inside)."""
+  """``evaluate(params, critic_params, key, num_episodes) -> (metrics, per_episode)``: a dict
+  of floats, and per-episode arrays (``return``; ``success`` where the env reports it), in the
+  order of the episode seeds drawn from ``key`` (jit inside)."""
   e = config.eval
   act = policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
                                selection=e.selection, num_candidates=e.num_candidates,
@@ -324,7 +326,7 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
 
   def wrapped(params, critic_params, key, num_episodes):
     metrics, returns = evaluate(params, critic_params, key, num_episodes)
-    return {k: float(v) for k, v in metrics.items()}, np.asarray(returns)
+    return {k: float(v) for k, v in metrics.items()}, {"return": np.asarray(returns)}
   return wrapped
 
 
@@ -341,11 +343,13 @@ def _gym_evaluator(config, dmc, act, env_info):
                                   execute_steps=dmc.execute_steps)
     r = out["returns"]
     m = {"return_mean": float(np.mean(r)), "return_std": float(np.std(r))}
+    per_episode = {"return": np.asarray(r)}
     if "success" in out:
       m["success_rate"] = float(np.mean(out["success"]))
+      per_episode["success"] = np.asarray(out["success"])
     if env_info.get("ref_scores"):
       m["normalized_score"] = normalized_score(np.mean(r), env_info["ref_scores"])
-    return m, r
+    return m, per_episode
   return evaluate
 
 
@@ -448,8 +452,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   curve = [(r["step"], r["curve/return_mean"], r["curve/return_std"]) for r in writer.rows()
            if "curve/return_mean" in r]
 
-  final, returns = evaluate(state.ema_params, critic_params, jax.random.fold_in(k_eval, 0),
-                            config.eval.num_episodes)
+  final, per_episode = evaluate(state.ema_params, critic_params,
+                                jax.random.fold_in(k_eval, 0), config.eval.num_episodes)
+  returns = per_episode["return"]
   curve.append((tc.steps, final["return_mean"], final["return_std"]))
   aligned = None
   if config.align.stages:
@@ -576,12 +581,12 @@ def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, t
     row = {}
     for name, p, cp in (("before", base_params, ref_critic), ("after", params, new_critic)):
       m, r = ev(p, cp, k, config.eval.num_episodes)
-      row[name] = dict(m, **{f"return_{s}": v for s, v in _stats(r).items()})
+      row[name] = dict(m, **{f"return_{s}": v for s, v in _stats(r["return"]).items()})
     if out["cascade"] is not None:
       evc = make_evaluator(cfg, out["cascade"]["dmc"], obs_norm, act_norm, q_fn, v_fn,
                            env_info)
       m, r = evc(out["cascade"]["params"], new_critic, k, config.eval.num_episodes)
-      row["cascade"] = dict(m, **{f"return_{s}": v for s, v in _stats(r).items()})
+      row["cascade"] = dict(m, **{f"return_{s}": v for s, v in _stats(r["return"]).items()})
     results[selection] = row
     writer.write_scalars(config.train.steps, {
         f"eval/align_{selection}_{n}_return_mean": v["return_mean"] for n, v in row.items()})

@@ -1,5 +1,6 @@
 """The scheduler's decisions: plateau -> advance, collapse -> rollback, passes -> finish."""
 from absl.testing import absltest
+import numpy as np
 
 from dmc_jax.aligners import sequential as seq
 
@@ -12,13 +13,33 @@ class SchedulerTest(absltest.TestCase):
                                    patience=2, tol=0.1, drop_tol=1.0, lr_decay=0.5,
                                    max_rollbacks=2)
 
-  def test_env_guard(self):
-    self.assertIsNone(seq.env_guard(10.0, 2.0, 8.5, 1.0))  # within one std
-    why = seq.env_guard(10.0, 2.0, 7.9, 1.0)
-    self.assertIn("fell from 10 ± 2 to 7.9 (below 8", why)
-    self.assertIsNotNone(seq.env_guard(10.0, 0.0, 9.99, 1.0))  # no spread: any drop counts
-    self.assertIn("not finite", seq.env_guard(10.0, 2.0, float("nan"), 1.0))
-    self.assertIsNone(seq.env_guard(10.0, 2.0, -100.0, 0.0))  # off
+  def test_env_guard_is_a_paired_test(self):
+    rng = np.random.default_rng(0)
+    before = {"return": rng.normal(100.0, 50.0, 16)}  # large seed-to-seed spread
+    up = {"return": before["return"] + 5.0 + rng.normal(0, 1, 16)}
+    self.assertIsNone(seq.env_guard(before, up, 1.0))
+    self.assertIsNone(seq.env_guard(before, dict(before), 1.0))  # unchanged: kept
+    # A fall of 3 per episode is far below one std (50) but many paired SEs.
+    down = {"return": before["return"] - 3.0 + rng.normal(0, 1, 16)}
+    why = seq.env_guard(before, down, 1.0)
+    self.assertRegex(why, r"environment return fell from .* on the same 16 episode seeds")
+    d = down["return"] - before["return"]
+    se = d.std(ddof=1) / 4.0
+    self.assertLess(d.mean(), -3 * se)
+    # The threshold is tol paired SEs: a change of -0.5 SE is kept at tol 1, not at tol 0.25.
+    noise = np.tile([1.0, -1.0], 8)
+    half = {"return": before["return"] + noise - 0.5 * noise.std(ddof=1) / 4.0}
+    self.assertIsNone(seq.env_guard(before, half, 1.0))
+    self.assertIsNotNone(seq.env_guard(before, half, 0.25))
+    # Success is checked too: the return holds but one in four successes is lost.
+    b = {"return": before["return"], "success": np.tile([1.0, 1.0, 1.0, 1.0], 4)}
+    a = {"return": before["return"], "success": np.tile([1.0, 0.0, 1.0, 1.0], 4)}
+    self.assertRegex(seq.env_guard(b, a, 1.0), r"environment success fell from 1 to 0.75")
+    nan = {"return": np.where(np.arange(16) == 3, np.nan, before["return"])}
+    self.assertIn("not finite", seq.env_guard(before, nan, 1.0))
+    self.assertIsNone(seq.env_guard(before, down, 0.0))  # off
+    with self.assertRaisesRegex(ValueError, r"shape \(16,\), after \(8,\)"):
+      seq.env_guard(before, {"return": before["return"][:8]}, 1.0)
 
   def test_advances_on_a_plateau(self):
     s = seq.init_state(1.0)

@@ -56,6 +56,8 @@ class MinariRoundTripTest(absltest.TestCase):
       minari_io.load_episodes(name, (4,), (2,))
     with self.assertRaisesRegex(ValueError, r"made for task_seed=0 .* asks for 5"):
       nav1d_data.ensure_dataset("full", task_seed=5, horizon=32, step_size=0.1, name=name)
+    with self.assertRaisesRegex(ValueError, r"holds 3 episodes .* data.num_episodes=1000"):
+      nav1d_data.ensure_dataset("full", task_seed=0, horizon=32, step_size=0.1, name=name)
 
 
 class ValidationTest(parameterized.TestCase):

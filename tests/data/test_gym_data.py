@@ -76,6 +76,12 @@ class DatasetTest(absltest.TestCase):
     again, _ = gym_data.collect(env, mw_env.scripted_policy("drawer-open"), 1, seed=5,
                                 quality=gym_data.METAWORLD_QUALITIES["expert"])
     np.testing.assert_allclose(again[0]["actions"], eps.actions[0], rtol=1e-6)
+    # The main job reuses it only at the size its config asks for.
+    self.assertEqual(gym_data.ensure_dataset(name, num_episodes=2, seed=0), name)
+    with self.assertRaisesRegex(ValueError, r"holds 2 episodes .* data.num_episodes=200.*"
+                                            r"make_metaworld_data --tasks=drawer-open "
+                                            r"--qualities=expert --num_episodes=200"):
+      gym_data.ensure_dataset(name, num_episodes=200, seed=0)
 
   def test_mujoco_dataset_round_trip_and_normalised_score(self):
     name = "dmc_jax/hopper/ars-v0"
