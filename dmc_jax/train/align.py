@@ -366,7 +366,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       if decision["action"] in ("advance", "finish"):
         em, per_episode = curve_eval(tree["state"].params, tree["critic"])
         label = f"{name} (pass {sched.pass_idx})"
-        # ``guard_ref``: per-episode values of the last kept curve point (same seeds).
+        # ``guard_ref``: per-episode values of the state this visit started from (same seeds).
         why = sequential.env_guard(guard_ref, per_episode, a.env_guard)
         if why is None:
           guard_ref = per_episode
@@ -376,7 +376,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                                      "pass": sched.pass_idx, "reason": why,
                                      "rejected_return": em["return_mean"]})
           print(f"  revert {name}: {why}", flush=True)
-          em, _ = curve_eval(tree["state"].params, tree["critic"])
+          # The state the next visit starts from (with an online critic, not the old one).
+          em, guard_ref = curve_eval(tree["state"].params, tree["critic"])
           label += " reverted"
         curve_pts.append((step, em["return_mean"], em["return_std"], reward, reward_std,
                           label))
