@@ -8,7 +8,7 @@
 Each cell is one main job (``launch.train``: pretrain -> align -> evaluate) of
 ``configs/SUITE.py:MODEL,DATASET`` (a ``:`` in a dataset entry becomes a ``,``) in its own
 workdir under ``--workdir``; finished cells are reused (re-run after an interruption). Then
-writes the report of :mod:`launch.report` over the cells: ``WORKDIR/report.md`` (before ->
+writes the report of :mod:`dmc_jax.eval.report` over the cells: ``WORKDIR/report.md`` (before ->
 after per model, sampler, dataset and selection, like the seed paper's Tables 2-3, with the
 average change of the mean and of the spread) and ``WORKDIR/align_curves.png``.
 """
@@ -19,7 +19,7 @@ import time
 from absl import app, flags
 
 from dmc_jax.train import loop
-from launch import report
+from dmc_jax.eval import report
 
 SUITES = {"nav1d": ["partial", "full"],
           "metaworld": [f"{t}:medium" for t in ("button-press", "drawer-open", "sweep-into",

@@ -24,7 +24,7 @@ from dmc_jax.critics.selection import SELECTIONS
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import gym_data, minari_io, nav1d_data
 from dmc_jax.envs import nav1d
-from dmc_jax.eval import coherency, rollout as rollout_lib
+from dmc_jax.eval import coherency, report, rollout as rollout_lib
 from dmc_jax.models import dmc as dmc_lib
 from dmc_jax.models import generator as gen_lib
 from dmc_jax.models import policy as policy_lib
@@ -491,10 +491,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   write_table(workdir, results)
   plot_curve(workdir, curve, f"{dmc.kind} on {env_info['dataset_id']}",
              {"dataset": results["dataset_return"], "random policy": results["random_return"]})
-  if aligned is not None:
-    write_align_table(workdir, results)
-    plot_align_curve(workdir, aligned["curve"], f"alignment of {dmc.kind} on "
-                     f"{env_info['dataset_id']}")
+  if aligned is not None:  # this run's rows and curve of the report (dmc_jax.eval.report)
+    run = report.as_run(results, workdir)
+    _write_atomic(os.path.join(workdir, "align_results.md"),
+                  report.detail_table(report.rows_of([run])))
+    report.plot_curves([run], os.path.join(workdir, "align_curve.png"))
   print(f"final: return {final['return_mean']:.2f} ± {final['return_std']:.2f} "
         f"(95% CI ± {results['return_ci95']:.2f}, {n_ep} episodes); dataset "
         f"{results['dataset_return']:.2f}; random {results['random_return']}", flush=True)
@@ -595,42 +596,3 @@ def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, t
         for n, v in row.items()), flush=True)
   return {"params": params, "critic_params": new_critic, "results": results,
           "curve": out["curve"]}
-
-
-def write_align_table(workdir, r):
-  lines = ["| dataset | model | sampler | selection | before | after | std before -> after |"
-           + (" cascade |" if any("cascade" in v for v in r["align"].values()) else ""),
-           "|---|---|---|---|---|---|---|" + ("---|" if any(
-               "cascade" in v for v in r["align"].values()) else "")]
-  for sel, row in r["align"].items():
-    b, a = row["before"], row["after"]
-    line = (f"| {r['dataset']} | {r['model']} | {r['sampler']} | {sel} | "
-            f"{b['return_mean']:.2f} ± {b['return_std']:.2f} | "
-            f"{a['return_mean']:.2f} ± {a['return_std']:.2f} (CI ± {a['return_ci95']:.2f}) | "
-            f"{b['return_std']:.2f} -> {a['return_std']:.2f} |")
-    if "cascade" in row:
-      line += f" {row['cascade']['return_mean']:.2f} ± {row['cascade']['return_std']:.2f} |"
-    lines.append(line)
-  _write_atomic(os.path.join(workdir, "align_results.md"), "\n".join(lines) + "\n")
-
-
-def plot_align_curve(workdir, curve, title):
-  """Environment return (mean ± 1 std) after each stage visit; the x axis counts updates."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  steps = np.array([p[0] for p in curve], float)
-  mean = np.array([p[1] for p in curve], float)
-  std = np.array([p[2] for p in curve], float)
-  fig, ax = plt.subplots(figsize=(5.5, 3.5))
-  ax.plot(steps, mean, marker="o")
-  ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
-  for x, y, p in zip(steps, mean, curve):
-    ax.annotate(p[5].split(" ")[0], (x, y), fontsize=7, textcoords="offset points",
-                xytext=(2, 4))
-  ax.set_xlabel("alignment update")
-  ax.set_ylabel("episode return (mean ± 1 std)")
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "align_curve.png"), dpi=100)
-  plt.close(fig)

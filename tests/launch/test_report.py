@@ -7,7 +7,7 @@ import tempfile
 
 from absl.testing import absltest
 
-from launch import report
+from dmc_jax.eval import report
 
 
 def _row(mean, std, **extra):

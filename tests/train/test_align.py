@@ -52,7 +52,11 @@ class AlignJobTest(absltest.TestCase):
         for name in ("before", "after", "cascade"):
           self.assertTrue(np.isfinite(row[name]["return_mean"]), (sel, name))
       self.assertTrue(os.path.exists(os.path.join(wd, "align_curve.png")))
-      self.assertTrue(os.path.exists(os.path.join(wd, "align_results.md")))
+      table = open(os.path.join(wd, "align_results.md")).read()
+      for sel in c.align.eval_selections:  # the report's detailed row, cascade included
+        cas = results["align"][sel]["cascade"]
+        self.assertIn(f"| {sel} |", table)
+        self.assertIn(f"| {cas['return_mean']:.2f} ± {cas['return_std']:.2f} |", table)
       self.assertLen(results["align_curve"], 4)  # reference + one point per stage
       # The latest alignment checkpoint is finite and holds the scheduler's position.
       ck = checkpoint.Checkpointer(os.path.join(wd, "checkpoints", "align"))

@@ -6,7 +6,7 @@ import tempfile
 from absl.testing import absltest
 
 from dmc_jax.train import loop
-from launch import report
+from dmc_jax.eval import report
 from tests.test_configs import _load
 
 

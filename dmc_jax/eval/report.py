@@ -1,0 +1,220 @@
+"""The alignment report: reads finished workdirs, writes the before -> after tables and curves.
+
+A run is the ``results.json`` of an aligned workdir (:func:`load_run`), or the same dict in
+memory. :func:`write_report` writes ``OUT/report.md``:
+
+* a table in the form of the seed paper's Tables 2-3 (rows: dataset × environment; columns:
+  model / sampler / selection; cells: return "before -> after", mean ± std over episode seeds;
+  the success rate where the env reports one),
+* a detailed table (95 % interval, change of the mean and of the spread, success rate, D4RL
+  normalised score, plan coherency, wall-clock time),
+* the average change in return and in the spread of returns across all rows,
+
+and ``OUT/align_curves.png``: every run's alignment curve (environment return after each stage
+visit, mean ± 1 std), with a dashed line where online fine-tuning starts. The main job writes
+the same detailed table and curve for its own run (``align_results.md``, ``align_curve.png``);
+``python -m launch.report`` writes the report over many workdirs.
+"""
+import glob
+import json
+import os
+
+import numpy as np
+
+MODEL_NAMES = {"diffuser": "Diffuser", "decision_diffuser": "DD", "diffusion_policy": "DP"}
+
+
+# ------------------------------------------------------------------------------ reading
+def find_workdirs(paths) -> list:
+  """Workdirs holding an aligned ``results.json``, from workdirs, parents or globs (sorted,
+  without duplicates)."""
+  found = []
+  for p in paths:
+    for d in sorted(glob.glob(p)) or [p]:
+      cands = [d] if os.path.exists(os.path.join(d, "results.json")) else sorted(
+          os.path.dirname(f) for f in glob.glob(os.path.join(d, "*", "results.json")))
+      found += [c for c in cands if c not in found]
+  return found
+
+
+def split_dataset(dataset_id: str) -> tuple:
+  """``(environment, dataset)`` names from a Minari id (or path)."""
+  parts = dataset_id.rstrip("/").split("/")
+  name = parts[-1].rsplit("-v", 1)[0]
+  if len(parts) >= 2 and parts[-2] == "nav1d":
+    return "Nav1D", name
+  if len(parts) >= 2:
+    return parts[-2], name
+  return "-", name
+
+
+def online_start(workdir):
+  """The alignment update after which online fine-tuning first ran (None if it did not)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      if any(k.startswith("align/") and k.endswith("/online_return") for k in row):
+        return row["step"]
+  return None
+
+
+def as_run(results: dict, workdir: str) -> dict:
+  """A run from a workdir's ``results`` dict (the content of its ``results.json``)."""
+  if "align" not in results:
+    raise ValueError(f"{workdir}/results.json has no 'align' section: the run was not aligned "
+                     "(align.stages=()) or has not finished")
+  env, data = split_dataset(results["dataset"])
+  return dict(results, workdir=workdir, env=env, data=data,
+              online_start=online_start(workdir))
+
+
+def load_run(workdir) -> dict:
+  with open(os.path.join(workdir, "results.json")) as f:
+    return as_run(json.load(f), workdir)
+
+
+# ------------------------------------------------------------------------------ tables
+def _ms(row, key="return"):
+  return f"{row[f'{key}_mean']:.2f} ± {row[f'{key}_std']:.2f}"
+
+
+def _success(b, a):
+  if "success_rate" not in b:
+    return ""
+  return f" (success {b['success_rate']:.2f} -> {a['success_rate']:.2f})"
+
+
+def rows_of(runs) -> list:
+  """One row per (run, selection)."""
+  out = []
+  for r in runs:
+    for sel, row in r["align"].items():
+      out.append({"env": r["env"], "data": r["data"], "model": MODEL_NAMES.get(r["model"],
+                                                                               r["model"]),
+                  "sampler": r["sampler"], "selection": sel, "before": row["before"],
+                  "after": row["after"], "cascade": row.get("cascade"),
+                  "time": r.get("wall_clock_s", float("nan"))})
+  return out
+
+
+def paper_table(rows) -> str:
+  """Rows dataset × environment, columns model / sampler / selection: "before -> after"."""
+  cols = sorted({(r["model"], r["sampler"], r["selection"]) for r in rows})
+  keys = sorted({(r["data"], r["env"]) for r in rows})
+  cell = {(r["data"], r["env"], r["model"], r["sampler"], r["selection"]): r for r in rows}
+  lines = ["| dataset | environment | " + " | ".join(f"{m} ({s}, {sel})" for m, s, sel in cols)
+           + " |", "|---|---|" + "---|" * len(cols)]
+  for data, env in keys:
+    cells = []
+    for m, s, sel in cols:
+      r = cell.get((data, env, m, s, sel))
+      cells.append("-" if r is None else
+                   f"{_ms(r['before'])} -> **{_ms(r['after'])}**"
+                   f"{_success(r['before'], r['after'])}")
+    lines.append(f"| {data} | {env} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def detail_table(rows) -> str:
+  lines = ["| dataset | environment | model | sampler | selection | before | after | after 95% CI "
+           "| change | std before -> after | success before -> after | normalised score "
+           "| plan coherency | cascade | time (s) |", "|---" * 15 + "|"]
+  for r in rows:
+    b, a = r["before"], r["after"]
+    succ = (f"{b['success_rate']:.2f} -> {a['success_rate']:.2f}"
+            if "success_rate" in b else "-")
+    score = (f"{b['normalized_score']:.1f} -> {a['normalized_score']:.1f}"
+             if "normalized_score" in b else "-")
+    coh = (f"{b['plan_coherency']:.2f} -> {a['plan_coherency']:.2f}"
+           if "plan_coherency" in b else "-")
+    cas = "-" if not r["cascade"] else _ms(r["cascade"])
+    lines.append(
+        f"| {r['data']} | {r['env']} | {r['model']} | {r['sampler']} | {r['selection']} | "
+        f"{_ms(b)} | **{_ms(a)}** | ± {a['return_ci95']:.2f} | "
+        f"{a['return_mean'] - b['return_mean']:+.2f} | {b['return_std']:.2f} -> "
+        f"{a['return_std']:.2f} | {succ} | {score} | {coh} | {cas} | {r['time']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def summary(rows) -> dict:
+  """Average change of the mean return and of its std over all rows (and of the success rate
+  over the rows that have one)."""
+  d_mean = [r["after"]["return_mean"] - r["before"]["return_mean"] for r in rows]
+  d_std = [r["after"]["return_std"] - r["before"]["return_std"] for r in rows]
+  d_succ = [r["after"]["success_rate"] - r["before"]["success_rate"] for r in rows
+            if "success_rate" in r["before"]]
+  out = {"rows": len(rows), "return_change": float(np.mean(d_mean)),
+         "std_change": float(np.mean(d_std)),
+         "improved": int(sum(d > 0 for d in d_mean))}
+  if d_succ:
+    out["success_change"] = float(np.mean(d_succ))
+  return out
+
+
+def summary_text(s) -> str:
+  text = (f"Average over {s['rows']} rows: change of the mean return {s['return_change']:+.2f}, "
+          f"change of the spread (std) {s['std_change']:+.2f}; the mean rose in "
+          f"{s['improved']} of {s['rows']} rows.")
+  if "success_change" in s:
+    text += f" Average change of the success rate: {s['success_change']:+.3f}."
+  return text + "\n"
+
+
+# ------------------------------------------------------------------------------ curves
+def plot_curves(runs, path) -> None:
+  """One panel per run: return (mean ± 1 std) after each stage visit; a dashed line where
+  online fine-tuning starts."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  n = len(runs)
+  ncol = min(n, 4)
+  nrow = -(-n // ncol)
+  fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.8 * nrow), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  for ax, r in zip(axes.flat, runs):
+    c = r["align_curve"]
+    x = np.array([p[0] for p in c], float)
+    m = np.array([p[1] for p in c], float)
+    s = np.array([p[2] for p in c], float)
+    ax.plot(x, m, marker="o", markersize=3)
+    ax.fill_between(x, m - s, m + s, alpha=0.25)
+    for xi, yi, p in zip(x, m, c):
+      ax.annotate(str(p[5]).split(" ")[0], (xi, yi), fontsize=6, textcoords="offset points",
+                  xytext=(2, 3))
+    if r["online_start"] is not None:
+      ax.axvline(r["online_start"], color="gray", linestyle="--", linewidth=1,
+                 label="online fine-tuning")
+      ax.legend(fontsize=6)
+    ax.set_title(f"{MODEL_NAMES.get(r['model'], r['model'])} / {r['env']} {r['data']}",
+                 fontsize=8)
+    ax.set_xlabel("alignment update", fontsize=7)
+    ax.tick_params(labelsize=6)
+  for ax in axes[:, 0]:
+    ax.set_ylabel("return (mean ± 1 std)", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def write_report(runs, out_dir, title="Alignment results") -> str:
+  """Writes ``report.md`` and ``align_curves.png`` under ``out_dir``; returns the Markdown."""
+  if not runs:
+    raise ValueError("no finished, aligned workdirs to report on")
+  os.makedirs(out_dir, exist_ok=True)
+  rows = rows_of(runs)
+  s = summary(rows)
+  text = (f"# {title}\n\nBefore -> after alignment, mean ± std of the episode return over "
+          f"episode seeds (same seeds before and after).\n\n{paper_table(rows)}\n"
+          f"{detail_table(rows)}\n{summary_text(s)}\n![alignment curves](align_curves.png)\n\n"
+          "Workdirs: " + ", ".join(f"`{r['workdir']}`" for r in runs) + "\n")
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    json.dump(s, f, indent=1)
+  plot_curves(runs, os.path.join(out_dir, "align_curves.png"))
+  return text
