@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.max_nonfinite = 0.5  # share of skipped (non-finite) updates that is a collapse
   c.align.lr_decay = 0.5  # learning-rate factor after each rollback
   c.align.env_guard = 1.0  # revert a visit whose env return/success falls > this x paired SE
+  c.align.curve_selection = "first"  # selection of the curve / guard evaluations (the sampler)
   c.align.max_rollbacks = 3  # rollbacks per stage visit before moving on
   c.align.lora_rank = 8  # LoRA rank on every dense/conv kernel of the denoiser
   c.align.lora_alpha = 8.0  # LoRA scale alpha / rank

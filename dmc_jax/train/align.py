@@ -68,6 +68,8 @@ def validate(config, num_sampling_steps: int) -> None:
     if s not in policy_lib.sel.SELECTIONS:
       bad("eval_selections", tuple(a.eval_selections), f"selections from "
           f"{policy_lib.sel.SELECTIONS}")
+  if a.curve_selection not in policy_lib.sel.SELECTIONS:
+    bad("curve_selection", a.curve_selection, f"one of {policy_lib.sel.SELECTIONS}")
   if a.rl.method not in rl.METHODS:
     bad("rl.method", a.rl.method, f"one of {rl.METHODS}")
   if a.rl.credit not in rl.CREDITS:
@@ -234,7 +236,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                   iql_update, seg_data, trans_n, obs_norm, act_norm, evaluate, writer, key):
   """The sequential scheme. Returns ``dict(lora, critic_state, cascade, curve, decisions)``.
 
-  ``evaluate(params, critic_params, key, n)`` evaluates full DMC params (env return curve).
+  ``evaluate(params, critic_params, key, n)`` evaluates full DMC params for the curve and the
+  environment guard (``offline`` builds it with ``align.curve_selection``).
   """
   a = config.align
   sched_cfg = scheduler_config(config)

@@ -291,10 +291,12 @@ def train_critic(config, trans_n, key, writer, workdir):
 def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
   """``evaluate(params, critic_params, key, num_episodes) -> (metrics, per_episode)``: a dict
   of floats, and per-episode arrays (``return``; ``success`` where the env reports it), in the
-  order of the episode seeds drawn from ``key`` (jit inside)."""
+  order of the episode seeds drawn from ``key`` (jit inside). ``first`` (the sampler alone)
+  draws one candidate: the first of ``eval.num_candidates`` has the same distribution."""
   e = config.eval
   act = policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
-                               selection=e.selection, num_candidates=e.num_candidates,
+                               selection=e.selection,
+                               num_candidates=1 if e.selection == "first" else e.num_candidates,
                                q_fn=q_fn, v_fn=v_fn, temperature=e.temperature,
                                expectile=config.critic.expectile)
   if config.task != "nav1d":
@@ -461,7 +463,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     aligned = _align(config, workdir, dmc=dmc, base_params=state.ema_params, critic=critic,
                      q_fn=q_fn, v_fn=v_fn, seg_data=seg_data, trans_n=trans_n,
                      obs_norm=obs_norm, act_norm=act_norm, env_info=env_info, writer=writer,
-                     key=jax.random.fold_in(key, 0x616C69), k_eval=k_eval, evaluate=evaluate)
+                     key=jax.random.fold_in(key, 0x616C69), k_eval=k_eval)
     checkpoint.save(os.path.join(workdir, "model_reference"), tc.steps,
                     model_bundle(state.ema_params, critic_params, obs_norm, act_norm))
     checkpoint.save(os.path.join(workdir, "model"), tc.steps,
@@ -560,15 +562,19 @@ def _stats(returns) -> dict:
 
 
 def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, trans_n,
-           obs_norm, act_norm, env_info, writer, key, k_eval, evaluate):
+           obs_norm, act_norm, env_info, writer, key, k_eval):
   """Aligns the pretrained DMC and evaluates reference vs aligned for every selection in
-  ``align.eval_selections`` on the same episode seeds."""
+  ``align.eval_selections`` on the same episode seeds. The alignment curve and the
+  environment guard evaluate with ``align.curve_selection``."""
   from dmc_jax.train import align as align_lib
   _, _, _, _, iql_update, _, _ = builders.make_critic(config)
+  cfg = config.copy_and_resolve_references()
+  cfg.eval.selection = config.align.curve_selection
   out = align_lib.run_alignment(
       config, workdir, dmc=dmc, base_params=base_params, critic_state=critic, q_fn=q_fn,
       v_fn=v_fn, iql_update=iql_update, seg_data=seg_data, trans_n=trans_n, obs_norm=obs_norm,
-      act_norm=act_norm, evaluate=evaluate, writer=writer, key=key)
+      act_norm=act_norm, evaluate=make_evaluator(cfg, dmc, obs_norm, act_norm, q_fn, v_fn,
+                                                 env_info), writer=writer, key=key)
   from dmc_jax.aligners import base as base_lib
   params = base_lib.aligned_params(dmc.sampling, base_params, out["lora"], out["lora_scale"])
   ref_critic = (critic.q.params, critic.v.params)

@@ -114,6 +114,7 @@ class AlignConfigTest(absltest.TestCase):
     self.check(r"align.cascade.share_step=4", cascade__share_step=4)
     self.check(r"align.sft.keep_frac=0.0", sft__keep_frac=0.0)
     self.check(r"align.env_guard=-1.0.*non-negative", env_guard=-1.0)
+    self.check(r"align.curve_selection=.best.*one of", curve_selection="best")
     c = smoke()
     c.diffusion.sampler = "ode"
     with self.assertRaisesRegex(ValueError, r"align.rl.method='ppo'.*qgrad"):
