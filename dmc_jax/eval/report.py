@@ -7,7 +7,8 @@ memory. :func:`write_report` writes ``OUT/report.md``:
   model / sampler / selection; cells: return "before -> after", mean ± std over episode seeds;
   the success rate where the env reports one),
 * a detailed table (95 % interval, change of the mean and of the spread, success rate, D4RL
-  normalised score, plan coherency, wall-clock time),
+  normalised score, plan coherency, the visits the environment guard reverted, wall-clock
+  time),
 * the average change in return and in the spread of returns across all rows,
 
 and ``OUT/align_curves.png``: every run's alignment curve (environment return after each stage
@@ -61,6 +62,17 @@ def online_start(workdir):
   return None
 
 
+def reverted_visits(workdir) -> list:
+  """The stage visits the environment guard reverted, as ``"stage (pass p)"``, from
+  ``decisions.jsonl`` (empty if there is none)."""
+  path = os.path.join(workdir, "decisions.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f]
+  return [f"{r['stage']} (pass {r['pass']})" for r in rows if r.get("action") == "revert"]
+
+
 def as_run(results: dict, workdir: str) -> dict:
   """A run from a workdir's ``results`` dict (the content of its ``results.json``)."""
   if "align" not in results:
@@ -68,7 +80,7 @@ def as_run(results: dict, workdir: str) -> dict:
                      "(align.stages=()) or has not finished")
   env, data = split_dataset(results["dataset"])
   return dict(results, workdir=workdir, env=env, data=data,
-              online_start=online_start(workdir))
+              online_start=online_start(workdir), reverted=reverted_visits(workdir))
 
 
 def load_run(workdir) -> dict:
@@ -96,7 +108,8 @@ def rows_of(runs) -> list:
                                                                                r["model"]),
                   "sampler": r["sampler"], "selection": sel, "before": row["before"],
                   "after": row["after"], "cascade": row.get("cascade"),
-                  "time": r.get("wall_clock_s", float("nan"))})
+                  "time": r.get("wall_clock_s", float("nan")),
+                  "reverted": r.get("reverted", [])})
   return out
 
 
@@ -121,7 +134,7 @@ def paper_table(rows) -> str:
 def detail_table(rows) -> str:
   lines = ["| dataset | environment | model | sampler | selection | before | after | after 95% CI "
            "| change | std before -> after | success before -> after | normalised score "
-           "| plan coherency | cascade | time (s) |", "|---" * 15 + "|"]
+           "| plan coherency | cascade | reverted visits | time (s) |", "|---" * 16 + "|"]
   for r in rows:
     b, a = r["before"], r["after"]
     succ = (f"{b['success_rate']:.2f} -> {a['success_rate']:.2f}"
@@ -135,7 +148,8 @@ def detail_table(rows) -> str:
         f"| {r['data']} | {r['env']} | {r['model']} | {r['sampler']} | {r['selection']} | "
         f"{_ms(b)} | **{_ms(a)}** | ± {a['return_ci95']:.2f} | "
         f"{a['return_mean'] - b['return_mean']:+.2f} | {b['return_std']:.2f} -> "
-        f"{a['return_std']:.2f} | {succ} | {score} | {coh} | {cas} | {r['time']:.0f} |")
+        f"{a['return_std']:.2f} | {succ} | {score} | {coh} | {cas} | "
+        f"{', '.join(r['reverted']) or '-'} | {r['time']:.0f} |")
   return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,10 @@ def _workdir(root, name, dataset, model, before, after, online_at=None):
     f.write(json.dumps({"step": 10, "align/rl/loss": 0.1}) + "\n")
     if online_at is not None:
       f.write(json.dumps({"step": online_at, "align/rl/online_return": 3.0}) + "\n")
+  with open(os.path.join(wd, "decisions.jsonl"), "w") as f:
+    f.write(json.dumps({"step": 20, "stage": "rl", "pass": 0, "action": "finish"}) + "\n")
+    if online_at is None:
+      f.write(json.dumps({"step": 20, "stage": "rl", "pass": 0, "action": "revert"}) + "\n")
   return wd
 
 
@@ -47,6 +51,7 @@ class ReportTest(absltest.TestCase):
       runs = [report.load_run(d) for d in dirs]
       self.assertEqual(runs[0]["online_start"], 20)
       self.assertIsNone(runs[1]["online_start"])
+      self.assertEqual((runs[0]["reverted"], runs[1]["reverted"]), ([], ["rl (pass 0)"]))
       out = os.path.join(root, "out")
       text = report.write_report(runs, out)
       summary = json.load(open(os.path.join(out, "summary.json")))
@@ -59,7 +64,7 @@ class ReportTest(absltest.TestCase):
                     "(success 0.25 -> 0.75) | - |", text)
       self.assertIn("| ars | hopper | 50.00 ± 5.00 -> **60.00 ± 3.00** | - | - |", text)
       self.assertIn("| full | Nav1D |", text)
-      self.assertIn("0.50 -> 0.25", text)  # plan coherency
+      self.assertIn("0.50 -> 0.25 | - | rl (pass 0) | 12 |", text)  # coherency, reverted
       self.assertIn("2.0 -> 2.3", text)  # normalised score
       self.assertIn("change of the mean return +12.67", text)
       self.assertGreater(os.path.getsize(os.path.join(out, "align_curves.png")), 1000)
