@@ -185,10 +185,3 @@ def env_guard(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
               f"{n} episode seeds (paired change {change:.4g}, standard error {se:.4g}; "
               f"below -{tol:g} SE)")
   return None
-  if not math.isfinite(after_mean):
-    return f"environment return {after_mean} is not finite"
-  floor = before_mean - tol * max(before_std, 1e-8)
-  if after_mean < floor:
-    return (f"environment return fell from {before_mean:.4g} ± {before_std:.4g} to "
-            f"{after_mean:.4g} (below {floor:.4g} = before - {tol:g} std)")
-  return None
