@@ -198,8 +198,8 @@ def plot_curves(runs, path) -> None:
     ax.plot(x, m, marker="o", markersize=3)
     ax.fill_between(x, m - s, m + s, alpha=0.25)
     for xi, yi, p in zip(x, m, c):
-      ax.annotate(str(p[5]).split(" ")[0], (xi, yi), fontsize=6, textcoords="offset points",
-                  xytext=(2, 3))
+      label = str(p[5]).split(" ")[0] + (" (reverted)" if "reverted" in str(p[5]) else "")
+      ax.annotate(label, (xi, yi), fontsize=6, textcoords="offset points", xytext=(2, 3))
     if r["online_start"] is not None:
       ax.axvline(r["online_start"], color="gray", linestyle="--", linewidth=1,
                  label="online fine-tuning")
