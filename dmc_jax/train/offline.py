@@ -567,33 +567,35 @@ def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, t
   ``align.eval_selections`` on the same episode seeds. The alignment curve and the
   environment guard evaluate with ``align.curve_selection``."""
   from dmc_jax.train import align as align_lib
+
+  def evaluator(selection, model):
+    cfg = config.copy_and_resolve_references()
+    cfg.eval.selection = selection
+    return make_evaluator(cfg, model, obs_norm, act_norm, q_fn, v_fn, env_info)
+
   _, _, _, _, iql_update, _, _ = builders.make_critic(config)
-  cfg = config.copy_and_resolve_references()
-  cfg.eval.selection = config.align.curve_selection
   out = align_lib.run_alignment(
       config, workdir, dmc=dmc, base_params=base_params, critic_state=critic, q_fn=q_fn,
       v_fn=v_fn, iql_update=iql_update, seg_data=seg_data, trans_n=trans_n, obs_norm=obs_norm,
-      act_norm=act_norm, evaluate=make_evaluator(cfg, dmc, obs_norm, act_norm, q_fn, v_fn,
-                                                 env_info), writer=writer, key=key)
+      act_norm=act_norm, evaluate=evaluator(config.align.curve_selection, dmc), writer=writer,
+      key=key)
   from dmc_jax.aligners import base as base_lib
   params = base_lib.aligned_params(dmc.sampling, base_params, out["lora"], out["lora_scale"])
   ref_critic = (critic.q.params, critic.v.params)
   new_critic = (out["critic_state"].q.params, out["critic_state"].v.params)
   results = {}
   k = jax.random.fold_in(k_eval, 2)
+
+  def row_of(ev, p, cp):
+    m, r = ev(p, cp, k, config.eval.num_episodes)
+    return dict(m, **{f"return_{s}": v for s, v in _stats(r["return"]).items()})
+
   for selection in config.align.eval_selections:
-    cfg = config.copy_and_resolve_references()
-    cfg.eval.selection = selection
-    ev = make_evaluator(cfg, dmc, obs_norm, act_norm, q_fn, v_fn, env_info)
-    row = {}
-    for name, p, cp in (("before", base_params, ref_critic), ("after", params, new_critic)):
-      m, r = ev(p, cp, k, config.eval.num_episodes)
-      row[name] = dict(m, **{f"return_{s}": v for s, v in _stats(r["return"]).items()})
+    ev = evaluator(selection, dmc)
+    row = {"before": row_of(ev, base_params, ref_critic), "after": row_of(ev, params, new_critic)}
     if out["cascade"] is not None:
-      evc = make_evaluator(cfg, out["cascade"]["dmc"], obs_norm, act_norm, q_fn, v_fn,
-                           env_info)
-      m, r = evc(out["cascade"]["params"], new_critic, k, config.eval.num_episodes)
-      row["cascade"] = dict(m, **{f"return_{s}": v for s, v in _stats(r["return"]).items()})
+      row["cascade"] = row_of(evaluator(selection, out["cascade"]["dmc"]),
+                              out["cascade"]["params"], new_critic)
     results[selection] = row
     writer.write_scalars(config.train.steps, {
         f"eval/align_{selection}_{n}_return_mean": v["return_mean"] for n, v in row.items()})
