@@ -11,6 +11,7 @@ reports the success rate and the return over episode seeds (each seed is one tas
 from configs import nav1d
 
 QUALITIES = ("expert", "medium", "random")
+NUM_EPISODES = 200  # episodes generated when the dataset is missing (150 steps each)
 
 
 def get_config(arg: str | None = None):
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None):
   c = nav1d.apply_model(nav1d.base_config(), model)
   c.task = "minari"
   c.data.dataset = f"dmc_jax/metaworld/{task}/{quality}-v0"
-  c.data.num_episodes = 200  # episodes generated when the dataset is missing (150 steps each)
+  c.data.num_episodes = NUM_EPISODES
   c.data.reward_scale = 0.1  # MetaWorld rewards are in [0, 10] per step
   c.env.max_steps = 150  # the datasets' episode length
   c.eval.num_episodes = 32

@@ -17,6 +17,7 @@ from configs import nav1d
 
 ENVS = ("hopper", "walker2d", "halfcheetah")
 GENERATED = ("random", "ars")
+NUM_EPISODES = 200  # episodes collected when a generated dataset is missing
 
 
 def dataset_id(env: str, dataset: str) -> str:
@@ -37,7 +38,7 @@ def get_config(arg: str | None = None):
   c = nav1d.apply_model(nav1d.base_config(), parts[0] if parts else "dp")
   c.task = "minari"
   c.data.dataset = dataset_id(env, parts[2] if len(parts) > 2 else "medium")
-  c.data.num_episodes = 200  # episodes collected when a generated dataset is missing
+  c.data.num_episodes = NUM_EPISODES
   c.data.normalizer = "gaussian"
   c.data.reward_scale = 0.1
   c.env.max_steps = 1000

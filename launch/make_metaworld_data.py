@@ -10,12 +10,14 @@ import time
 
 from absl import app, flags
 
+from configs import metaworld
 from dmc_jax.data import gym_data, minari_io
 from dmc_jax.envs import metaworld as mw_env
 
 TASKS = flags.DEFINE_list("tasks", list(mw_env.TASKS), "MetaWorld v3 tasks")
 QUALITIES = flags.DEFINE_list("qualities", list(gym_data.METAWORLD_QUALITIES), "qualities")
-EPISODES = flags.DEFINE_integer("num_episodes", 200, "episodes per dataset")
+EPISODES = flags.DEFINE_integer("num_episodes", metaworld.NUM_EPISODES,
+                                "episodes per dataset (the size configs/metaworld.py expects)")
 STEPS = flags.DEFINE_integer("max_episode_steps", 150, "episode length (at most 500)")
 SEED = flags.DEFINE_integer("seed", 0, "collection seed (episode i resets with seed*100003+i)")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace existing datasets")

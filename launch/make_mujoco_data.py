@@ -1,7 +1,7 @@
 """Collects small gymnasium MuJoCo datasets and writes them with Minari.
 
   python -m launch.make_mujoco_data [--envs=hopper,walker2d,halfcheetah]
-      [--qualities=random,ars] [--num_episodes=20] [--ars_iterations=40] [--overwrite]
+      [--qualities=random,ars] [--num_episodes=200] [--ars_iterations=40] [--overwrite]
 
 Ids: ``dmc_jax/ENV/QUALITY-v0``. ``random`` takes uniform random actions; ``ars`` trains a
 linear controller with Augmented Random Search for ``--ars_iterations`` and adds
@@ -15,11 +15,13 @@ import minari
 import numpy as np
 from absl import app, flags
 
+from configs import mujoco
 from dmc_jax.data import gym_data, minari_io
 
 ENVS = flags.DEFINE_list("envs", list(gym_data.MUJOCO_ENVS), "environments")
 QUALITIES = flags.DEFINE_list("qualities", list(gym_data.MUJOCO_QUALITIES), "qualities")
-EPISODES = flags.DEFINE_integer("num_episodes", 20, "episodes per dataset")
+EPISODES = flags.DEFINE_integer("num_episodes", mujoco.NUM_EPISODES,
+                                "episodes per dataset (the size configs/mujoco.py expects)")
 STEPS = flags.DEFINE_integer("max_episode_steps", 1000, "episode cap")
 ITERS = flags.DEFINE_integer("ars_iterations", 40, "ARS iterations of the `ars` controller")
 NOISE = flags.DEFINE_float("noise", 0.1, "action noise std of the `ars` datasets")
