@@ -40,6 +40,7 @@ def get_config(arg: str | None = None):
   c.data.dataset = dataset_id(env, parts[2] if len(parts) > 2 else "medium")
   c.data.num_episodes = NUM_EPISODES
   c.data.normalizer = "gaussian"
+  c.diffusion.clip_x0 = -1.0  # auto: the data's range in gaussian units (1 would cut it)
   c.data.reward_scale = 0.1
   c.env.max_steps = 1000
   c.eval.num_episodes = 16

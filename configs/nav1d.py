@@ -42,8 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.critic.batch_size = 256  # transitions per step
   c.critic.lr = 3e-4  # Adam learning rate
   c.critic.discount = 0.99  # gamma
-  c.critic.expectile = 0.7  # IQL expectile tau
+  c.critic.expectile = 0.9  # IQL expectile tau (chosen by measurement, BUILD_NOTES)
   c.critic.target_update_rate = 0.005  # EMA rate of the target Q
+  c.critic.num_q = 2  # Q heads (one vmapped ensemble; 2 = twin Q); the IQL target is their min
+  c.critic.layer_norm = True  # LayerNorm in every critic layer (Q heads and V)
+  c.critic.q_agg = "min"  # how the heads combine in selection and alignment rewards: min | lcb
+  c.critic.lcb_coef = 1.0  # lcb: mean - lcb_coef * std over the heads (2 heads, 1.0 = min)
 
   c.model = ml_collections.ConfigDict()
   c.model.kind = "diffusion_policy"  # diffuser | decision_diffuser | diffusion_policy
@@ -71,7 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.train_steps = 20  # training diffusion steps T (DDPM samples with all of them)
   c.diffusion.sample_steps = 10  # DDIM / SDE / ODE / flow sampling steps
   c.diffusion.pred_type = "eps"  # eps | x0 | v
-  c.diffusion.clip_x0 = 1.0  # clip the predicted x0 to [-c, c] (0 = no clipping)
+  c.diffusion.clip_x0 = 1.0  # clip the predicted x0 to [-c, c] in normalised units (0 = none,
+  # -1 = auto: the data's range); must not cut the normalised data (checked): 1 suits minmax
   c.diffusion.ddim_eta = 0.0  # DDIM stochasticity
 
   c.train = ml_collections.ConfigDict()
@@ -92,7 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.max_chunks = 6  # chunks per stage visit at most
   c.align.patience = 2  # chunks without a gain above tol that count as a plateau
   c.align.tol = 0.02  # gain that counts, in units of the tracked reward's initial std
-  c.align.drop_tol = 1.0  # reward drop that counts as a collapse, same units
+  c.align.drop_tol = 3.0  # collapse: tracked reward below the best by this x paired SE
+  c.align.drop_min = 0.05  # ... and by more than this x its initial spread over contexts
   c.align.spike_factor = 10.0  # |loss| above this times the stage's median is a collapse
   c.align.max_nonfinite = 0.5  # share of skipped (non-finite) updates that is a collapse
   c.align.lr_decay = 0.5  # learning-rate factor after each rollback
@@ -104,6 +110,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.track_contexts = 256  # held-out contexts of the tracked reward
   c.align.parallel = "shard_map"  # none | pmap | shard_map (over all local devices)
   c.align.eval_selections = ("first", "argmax")  # selections evaluated before -> after
+  c.align.reward = "plan_q"  # first | plan_q | plan_return_v (planners; a DP that executes
+  # one action has no plan: every kind is Q of that action)
+  c.align.dynamics_coef = 0.0  # planners on Nav1D: penalty x mean |T(s, a) - s'| of the plan
+  c.align.deploy_sampler = "rl"  # rl: align and evaluate with the RL stage's stochastic
+  # sampler (the policy optimised is the policy deployed) | config: diffusion.ddim_eta (the
+  # RL sampler's after-rows are reported beside it)
   c.align.inject_nan_chunks = ()  # fault injection: chunk numbers whose updates see NaN input
   c.align.rl = ml_collections.ConfigDict()
   c.align.rl.method = "ppo"  # ppo | reinforce | qgrad
@@ -118,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.rl.credit_decay = 0.9  # decreasing credit: decay per step away from x_0
   c.align.rl.adv_clip = 5.0  # advantage clip (in stds)
   c.align.rl.stochastic_scale = 1.0  # DDIM eta / flow noise scale of the RL sampler
+  c.align.rl.objective = "mixed"  # mean: E[r] of one sample | best_of_n: E[max of the samples]
+  # (what argmax selection deploys) | mixed: the average of both advantages
+  c.align.rl.last_k = 0  # REINFORCE/PPO: train only the last K stochastic steps (0 = all)
+  c.align.rl.min_std = 0.0  # floor on every stochastic step's std (sampling and log-probs)
   c.align.rl.entropy_coef = 0.0  # nearest-neighbour entropy bonus of the candidates
   c.align.rl.num_grad_steps = (2,)  # qgrad: K per pass (the last one repeats)
   c.align.rl.reg_coef = 1.0  # qgrad: weight of ||x_0 - x_0_ref||^2 (same noise)
@@ -134,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.sft.lik_quantile = 0.2  # drop samples below this quantile of reference likelihood
   c.align.sft.lik_draws = 4  # noise draws of the likelihood proxy
   c.align.sft.sample_from = "current"  # current (iterated SFT) | reference
+  c.align.sft.rank = "context"  # context (top per context) | centred | global (raw reward)
   c.align.cascade = ml_collections.ConfigDict()
   c.align.cascade.enabled = False  # train a cascade after the stages and append it
   c.align.cascade.mode = "latent"  # latent (share z_t) | inpaint (share a contiguous block)

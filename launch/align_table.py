@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from dmc_jax.train import loop
+from dmc_jax.train import compile_cache, loop
 from dmc_jax.eval import report
 
 SUITES = {"nav1d": ["partial", "full"],
@@ -34,8 +34,13 @@ SAMPLER = flags.DEFINE_string("sampler", "ddim", "diffusion sampler of every cel
 SEED = flags.DEFINE_integer("seed", 0, "seed of every cell")
 
 
+CACHE = flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache "
+                             "directory ('off' disables; see dmc_jax.train.compile_cache)")
+
+
 def main(argv):
   del argv
+  compile_cache.enable(CACHE.value)
   module = importlib.import_module(f"configs.{SUITE.value}")
   dirs = []
   for dataset in DATASETS.value or SUITES[SUITE.value]:

@@ -13,7 +13,7 @@ import time
 from absl import app, flags
 
 from configs import nav1d as nav1d_config
-from dmc_jax.train import loop
+from dmc_jax.train import compile_cache, loop
 
 WORKDIR = flags.DEFINE_string("workdir", None, "root of the per-cell workdirs", required=True)
 MODELS = flags.DEFINE_list("models", ["diffuser", "dd", "dp"], "models to run")
@@ -22,8 +22,13 @@ SELECTIONS = flags.DEFINE_list("selections", ["argmax"], "action selections to e
 SEED = flags.DEFINE_integer("seed", 0, "seed of every cell")
 
 
+CACHE = flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache "
+                             "directory ('off' disables; see dmc_jax.train.compile_cache)")
+
+
 def main(argv):
   del argv
+  compile_cache.enable(CACHE.value)
   rows = []
   for dataset in DATASETS.value:
     for model in MODELS.value:

@@ -196,22 +196,24 @@ def sample_contexts(sampling, sampler, params, keys, hist, **kw) -> Samples:
   return Samples(x_0, cond, inpaint, chain)
 
 
-def sample_errors(errors_fn, dparams, keys, x_0, cond, inpaint_mask):
-  """Each sample's training error with its own key: ``(errors [B], log_snr [B])``."""
+def sample_errors(errors_fn, dparams, keys, x_0, cond, inpaint_mask, weights=None):
+  """Each sample's training error with its own key: ``(errors [B], log_snr [B])``;
+  ``weights``: the pretraining loss's per-entry weights (``Sampling.loss_weights``)."""
+  kw = {} if weights is None else {"weights": weights}
+
   def one(key, x, c, m):
     err, lam = errors_fn(dparams, key, x[None], jax.tree.map(lambda a: a[None], c),
-                         inpaint_mask=None if m is None else m[None])
+                         inpaint_mask=None if m is None else m[None], **kw)
     return err[0], lam[0]
   return jax.vmap(one)(keys, x_0, cond, inpaint_mask)
 
 
 def make_q_reward(sampling, q_fn: Callable) -> Callable:
-  """``reward(params, q_params, x_0 [B, ...], hist [B, K, O]) -> [B]``: the (clipped
-  double) IQL Q-value of the sample's first action at the current observation."""
-  def reward(params, q_params, x_0, hist):
-    act = sampling.decode(params, x_0).actions[:, 0]
-    return jnp.min(q_fn(q_params, hist[:, -1], act), 0)
-  return reward
+  """``reward(params, critic_params, x_0 [B, ...], hist [B, K, O]) -> [B]``: the clipped
+  double (min over heads) Q-value of the sample's first action at the current observation.
+  :func:`dmc_jax.aligners.rewards.make_reward` has the plan-level and pessimistic ones."""
+  from dmc_jax.aligners import rewards
+  return rewards.make_reward(sampling, q_fn, kind="first")
 
 
 def repeat_contexts(hist, ids, num_samples: int):
@@ -249,3 +251,26 @@ def group_advantages(rewards, axis_name, clip: float = 5.0, eps: float = 1e-6):
     centred = rewards - pmean(jnp.mean(rewards), axis_name)
   std = jnp.sqrt(pmean(jnp.mean(jnp.square(centred)), axis_name))
   return jnp.clip(centred / (std + eps), -clip, clip)
+
+
+def best_of_n_margins(rewards):
+  """``rewards [b, G]`` -> ``max_j r_j - max_{j != i} r_j`` ``[b, G]`` (unscaled)."""
+  g = rewards.shape[1]
+  if g < 2:
+    raise ValueError("best-of-N advantages need at least 2 samples per context")
+  top2 = jax.lax.top_k(rewards, 2)[0]                                   # [b, 2]
+  best = jnp.argmax(rewards, 1)
+  return jnp.where(jnp.arange(g)[None] == best[:, None], (top2[:, 0] - top2[:, 1])[:, None],
+                   0.0)
+
+
+def best_of_n_advantages(rewards, axis_name, clip: float = 5.0, eps: float = 1e-6):
+  """``rewards [b, G]`` -> advantages ``[b, G]`` for the objective ``E[max_i r(x_i)]`` over the
+  ``G`` samples of a context (what IDQL ``argmax`` selection deploys): each sample's marginal
+  contribution to the max, ``max_j r_j - max_{j != i} r_j`` (the best sample's margin over the
+  second best, 0 for the others). The baseline ``max_{j != i} r_j`` does not depend on
+  ``x_i``, so ``sum_i grad log pi(x_i) A_i`` is an unbiased gradient of ``E[max]``. Scaled by
+  the global RMS and clipped like :func:`group_advantages`."""
+  adv = best_of_n_margins(rewards)
+  rms = jnp.sqrt(pmean(jnp.mean(jnp.square(adv)), axis_name))
+  return jnp.clip(adv / (rms + eps), -clip, clip)

@@ -62,6 +62,15 @@ def make_cascade_denoise_fn(denoise_fn: Callable, adapter: CascadeAdapter) -> Ca
   return fn
 
 
+def improving_targets(r_cond, r_alts):
+  """``r_cond [b]`` (the first sample's reward), ``r_alts [b, M]`` -> ``(best [b], keep [b])``:
+  the best alternative of each context and whether it is a training target, i.e.
+  ``r(x^cond) < r(x^r)`` (a pair whose alternative is no better teaches nothing)."""
+  best = jnp.argmax(r_alts, 1)
+  keep = (jnp.max(r_alts, 1) > r_cond).astype(jnp.float32)
+  return best, keep
+
+
 def block_mask(shape, block) -> jax.Array:
   """``[H, D]`` bool: horizon steps ``floor(start H) .. ceil(stop H) - 1`` (all features)."""
   h = shape[0]
@@ -141,8 +150,7 @@ def make_cascade(sampling: dmc_lib.Sampling, make_gen: Callable, *, mode: str = 
       smp = base.sample_contexts(sampling, chain_sampler, first,
                                  base.per_sample_keys(k_first, ids), hist)
       x_cond = smp.x_0
-      q_params = critic_params[0]
-      r_cond = reward_fn(first, q_params, x_cond, hist)
+      r_cond = reward_fn(first, critic_params, x_cond, hist)
       dfirst = sampling.get(first)
 
       def alternative(key, x_c, c, ip, z):
@@ -162,12 +170,11 @@ def make_cascade(sampling: dmc_lib.Sampling, make_gen: Callable, *, mode: str = 
         keys = base.per_sample_keys(jax.random.fold_in(k_alt, m), ids)
         x_alt = jax.vmap(alternative)(keys, x_cond, smp.cond, smp.inpaint, z)
         alts.append(x_alt)
-        r_alts.append(reward_fn(first, q_params, x_alt, hist))
+        r_alts.append(reward_fn(first, critic_params, x_alt, hist))
       alts, r_alts = jnp.stack(alts, 1), jnp.stack(r_alts, 1)          # [b, M, ...], [b, M]
-      best = jnp.argmax(r_alts, 1)
+      best, keep = improving_targets(r_cond, r_alts)
       x_r = jnp.take_along_axis(alts, best.reshape((b, 1) + (1,) * (alts.ndim - 2)), 1)[:, 0]
       r_best = jnp.max(r_alts, 1)
-      keep = (r_best > r_cond).astype(jnp.float32)
       total = base.psum(jnp.sum(keep), axis_name)
       w = keep / jnp.maximum(total, 1.0)
       ip = consistent_inpaint(smp.inpaint, x_cond)
@@ -177,7 +184,8 @@ def make_cascade(sampling: dmc_lib.Sampling, make_gen: Callable, *, mode: str = 
 
       def loss_fn(trainable):
         cparams = cascade_params(first, trainable, lora_scale)
-        err, _ = base.sample_errors(gen.errors, cparams, keys, x_r, (smp.cond, x_cond), imask)
+        err, _ = base.sample_errors(gen.errors, cparams, keys, x_r, (smp.cond, x_cond), imask,
+                                    sampling.loss_weights)
         # Global loss: sum_i w_i e_i over all devices (the caller averages over devices).
         return n_dev * jnp.sum(w * err), {}
 

@@ -18,23 +18,35 @@ from dmc_jax.aligners import base
 SNR_WEIGHTS = ("constant", "snr", "min_snr", "sigmoid")
 
 
-def snr_weight(kind: str, log_snr, gamma: float = 5.0):
-  """``w(lambda)``: ``constant`` 1; ``snr`` ``e^lambda``; ``min_snr`` ``min(e^lambda, gamma)``
-  (Hang et al., 2023); ``sigmoid`` ``sigmoid(lambda)``."""
+def snr_weight(kind: str, log_snr, gamma: float = 5.0, bias: float = 0.0):
+  """``w(lambda)`` on the eps-prediction error (the paper's ``||eps - eps_theta||^2``),
+  ``lambda = log SNR``:
+
+  * ``constant``: 1 (Diffusion-DPO);
+  * ``snr``: ``SNR = e^lambda`` (the eps error turned into the x0 error);
+  * ``min_snr``: Min-SNR-gamma (Hang et al., 2023) in its eps form,
+    ``min(SNR, gamma) / SNR = min(1, gamma e^-lambda)``: 1 at high noise, down-weights the
+    low-noise steps whose SNR exceeds ``gamma``;
+  * ``sigmoid``: Kingma & Gao (2023), ``sigmoid(bias - lambda)``: near 1 at high noise,
+    decays with ``e^-lambda`` at low noise.
+
+  Both ``min_snr`` and ``sigmoid`` are non-increasing in ``lambda``.
+  """
   if kind == "constant":
     return jnp.ones_like(log_snr)
   if kind == "snr":
     return jnp.exp(log_snr)
   if kind == "min_snr":
-    return jnp.minimum(jnp.exp(log_snr), gamma)
+    return jnp.minimum(1.0, gamma * jnp.exp(-log_snr))
   if kind == "sigmoid":
-    return jax.nn.sigmoid(log_snr)
+    return jax.nn.sigmoid(bias - log_snr)
   raise ValueError(f"unknown SNR weighting {kind!r}; known: {SNR_WEIGHTS}")
 
 
 def dpo_loss(params, ref_params, keys, x_w, x_l, cond=None, *, errors_fn: Callable, beta,
              weighting: str = "constant", inpaint_mask: Optional[jax.Array] = None,
-             weights: Optional[jax.Array] = None, denom=None):
+             weights: Optional[jax.Array] = None, denom=None,
+             loss_weights: Optional[jax.Array] = None):
   """Diffusion-DPO loss on pairs ``x_w, x_l [B, ...]`` (``beta`` may be traced).
 
   Args:
@@ -49,11 +61,14 @@ def dpo_loss(params, ref_params, keys, x_w, x_l, cond=None, *, errors_fn: Callab
     weights: optional ``[B]`` pair weights (e.g. 0 for pairs with equal rewards).
     denom: the normaliser of the weighted sums (default ``sum(weights)``); data-parallel
       callers pass the global one.
+    loss_weights: per-entry weights of the errors (the pretraining loss's, e.g. Diffuser's
+      first-action weight; ``Sampling.loss_weights``).
 
   Returns ``(loss, metrics)`` with the implicit reward margin and the preference accuracy
   (the share of pairs where the model already prefers the winner more than the reference).
   """
-  err = lambda p, x: base.sample_errors(errors_fn, p, keys, x, cond, inpaint_mask)
+  err = lambda p, x: base.sample_errors(errors_fn, p, keys, x, cond, inpaint_mask,
+                                       loss_weights)
   ref = jax.lax.stop_gradient(ref_params)
   (e_w, lam), (e_l, _) = err(params, x_w), err(params, x_l)
   (r_w, _), (r_l, _) = err(ref, x_w), err(ref, x_l)
@@ -89,7 +104,7 @@ def make_dpo_aligner(sampling, reward_fn: Callable, tx, *, beta: float, num_samp
     params = base.sampling_params(sampling, base_params, state.params, sample_from, lora_scale)
     smp = base.sample_contexts(sampling, sampling.gen.sample, params,
                                base.per_sample_keys(k_sample, sid), hist_rep)
-    r = reward_fn(params, critic_params[0], smp.x_0, hist_rep).reshape(b, num_samples)
+    r = reward_fn(params, critic_params, smp.x_0, hist_rep).reshape(b, num_samples)
     x = smp.x_0.reshape((b, num_samples) + smp.x_0.shape[1:])
     pick = lambda idx: jnp.take_along_axis(
         x, idx.reshape((b, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
@@ -107,7 +122,7 @@ def make_dpo_aligner(sampling, reward_fn: Callable, tx, *, beta: float, num_samp
       dparams = sampling.get(base.aligned_params(sampling, base_params, lo, lora_scale))
       return dpo_loss(dparams, ref_d, keys, x_w, x_l, cond, errors_fn=sampling.gen.errors,
                       beta=beta, weighting=weighting, inpaint_mask=imask, weights=pair_w,
-                      denom=denom)
+                      denom=denom, loss_weights=sampling.loss_weights)
 
     (loss, m), grads = base.value_and_grad(loss_fn, state.params, axis_name)
     new, m = base.apply_gradients(state, tx, loss, grads, m)

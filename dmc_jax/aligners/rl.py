@@ -15,19 +15,30 @@ from dmc_jax.aligners import base
 CREDITS = ("uniform", "decreasing", "similarity")
 
 
-def normalize_advantages(rewards, clip: float = 5.0, eps: float = 1e-6):
-  """``(r - mean) / std`` over the batch, clipped to ``[-clip, clip]`` -> ``[B]``."""
-  adv = (rewards - jnp.mean(rewards)) / (jnp.std(rewards) + eps)
-  return jnp.clip(adv, -clip, clip)
+def active_steps(stochastic, last_k: int = 0):
+  """``stochastic [S, B]`` bool (the steps with ``std > 0``) -> the steps that get credit:
+  all stochastic steps, or only the last ``last_k`` of them (``last_k > 0``; the paper's
+  ``sg(log pi, K)``). Deterministic steps have log-prob 0 and no gradient, so they never
+  count."""
+  stochastic = jnp.asarray(stochastic, bool)
+  if not last_k:
+    return stochastic
+  after = jnp.cumsum(stochastic[::-1].astype(jnp.int32), 0)[::-1]  # stochastic steps >= k
+  return stochastic & (after <= last_k)
 
 
 def credit_weights(kind: str, x_t=None, x_tm1=None, num_steps: int | None = None,
-                   decay: float = 0.9):
-  """Credit ``kappa [S, B]`` over the ``S`` denoising steps, each column summing to ``S``.
+                   decay: float = 0.9, active=None):
+  """Credit ``kappa [S, B]`` over the ``S`` denoising steps.
 
-  * ``uniform``: 1 per step.
-  * ``decreasing``: ``decay^(S - 1 - k)``: full credit for the last (cleanest) step, less for
-    steps further from ``z_0``.
+  ``active [S, B]`` (bool, default all) marks the steps that can be credited: the stochastic
+  ones (see :func:`active_steps`); the others get 0 and each column sums to its number of
+  active steps.
+
+  * ``uniform``: 1 per active step.
+  * ``decreasing``: ``decay^j`` for the active step with ``j`` active steps after it: full
+    credit for the last *stochastic* step (the last, deterministic step has no gradient), less
+    for steps further from ``z_0``.
   * ``similarity``: ``max(0, cos(z_k - z_{k+1}, z_T - z_0))`` from the sampled chain
     (``x_t, x_tm1 [S, B, ...]``): steps that moved towards the final sample get the credit.
   """
@@ -41,13 +52,22 @@ def credit_weights(kind: str, x_t=None, x_tm1=None, num_steps: int | None = None
   else:
     s = num_steps if x_t is None else x_t.shape[0]
     b = 1 if x_t is None else x_t.shape[1]
+    if active is not None:
+      b = max(b, jnp.shape(active)[1])
     if kind == "uniform":
       w = jnp.ones((s, b))
     elif kind == "decreasing":
-      w = jnp.broadcast_to((decay ** jnp.arange(s - 1, -1, -1.0))[:, None], (s, b))
+      act = jnp.ones((s, b), bool) if active is None else jnp.broadcast_to(active, (s, b))
+      later = jnp.cumsum(act[::-1].astype(jnp.float32), 0)[::-1] - act  # active steps after
+      w = decay ** later
     else:
       raise ValueError(f"unknown credit {kind!r}; known: {CREDITS}")
-  return w * s / jnp.maximum(jnp.sum(w, 0, keepdims=True), 1e-8)
+  if active is None:
+    active = jnp.ones(w.shape, bool)
+  active = jnp.broadcast_to(active, w.shape)
+  w = jnp.where(active, w, 0.0)
+  n = jnp.sum(active, 0, keepdims=True).astype(w.dtype)
+  return w * n / jnp.maximum(jnp.sum(w, 0, keepdims=True), 1e-8)
 
 
 def reinforce_loss(log_probs, advantages, credit):
@@ -83,6 +103,7 @@ def gaussian_kl(mean_p, mean_q, std, free=None):
 
 # ------------------------------------------------------------------------- update functions
 PG_METHODS = ("reinforce", "ppo")
+OBJECTIVES = ("mean", "best_of_n", "mixed")
 METHODS = PG_METHODS + ("qgrad",)
 
 
@@ -93,7 +114,8 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
                                  clip_eps: float = 0.2, kl_coef: float = 0.0,
                                  credit: str = "uniform", credit_decay: float = 0.9,
                                  adv_clip: float = 5.0, entropy_coef: float = 0.0,
-                                 axis_name=None) -> base.Aligner:
+                                 last_k: int = 0, min_std: float = 0.0,
+                                 objective: str = "mean", axis_name=None) -> base.Aligner:
   """REINFORCE / PPO-clip over the denoising MDP (Black et al., 2024; Fan et al., 2023).
 
   Each update samples ``G = num_samples`` chains per context with the stochastic sampler
@@ -108,6 +130,15 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
     and ``1 / step_groups`` of their steps.
 
   ``kl_coef > 0`` adds the per-step Gaussian KL to the reference transition.
+  Trust region and truncation (DPPO's recipe for diffusion chains): ``clip_eps`` (PPO),
+  ``kl_coef``, ``min_std`` (a floor on every stochastic step's std, applied when sampling and
+  when re-evaluating log-probs, so the sampler trained is the sampler that samples), and
+  ``objective``: ``mean`` maximises ``E[r]`` of one sample (context-centred advantages);
+  ``best_of_n`` maximises ``E[max of the G samples]``, what ``argmax`` selection over
+  candidates deploys (:func:`base.best_of_n_advantages`); ``mixed`` averages the two
+  advantages.
+  ``last_k > 0``: only the last ``K`` stochastic steps are trained (``sg(log pi, K)`` of the
+  paper's eq. 8; the earlier steps get no credit, no KL and no gradient).
   With ``minibatches > 1`` each device shuffles its own samples, so the minibatches (not the
   expected update) depend on the number of devices; with ``minibatches = 1`` the update is
   the same on any number of devices.
@@ -119,7 +150,14 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
                      "deterministic (use ddpm, ddim, sde or flow)")
   if method == "reinforce":
     epochs, minibatches, step_groups = 1, 1, 1
-  sampler = sampling.gen.sample.replace(return_chain=True, num_grad_steps=None)
+  if objective not in OBJECTIVES:
+    raise ValueError(f"unknown RL objective {objective!r}; known: {OBJECTIVES}")
+  if objective != "mean" and num_samples < 2:
+    raise ValueError(f"objective {objective!r} needs num_samples >= 2")
+  if last_k < 0:
+    raise ValueError(f"last_k must be >= 0 (0: every stochastic step), got {last_k}")
+  sampler = sampling.gen.sample.replace(return_chain=True, num_grad_steps=None,
+                                        min_std=max(min_std, sampling.gen.sample.min_std))
   knobs = dict(sampling.gen.stochastic)
   S = sampler.num_steps
   if S % step_groups:
@@ -140,15 +178,25 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
         base.aligned_params(sampling, base_params, state.params, lora_scale))
     smp = base.sample_contexts(sampling, sampler, params, base.per_sample_keys(k_sample, sid),
                                hist_rep, **knobs)
-    reward = reward_fn(params, critic_params[0], smp.x_0, hist_rep)
+    reward = reward_fn(params, critic_params, smp.x_0, hist_rep)
     shaped = reward
     if entropy_coef:
       ent = base.knn_log_distance(smp.x_0.reshape((b, num_samples) + smp.x_0.shape[1:]))
       shaped = reward + entropy_coef * ent.reshape(-1)
-    adv = base.group_advantages(shaped.reshape(b, num_samples), axis_name, adv_clip).reshape(-1)
+    grouped = shaped.reshape(b, num_samples)
+    if objective == "mean":
+      adv = base.group_advantages(grouped, axis_name, adv_clip)
+    elif objective == "best_of_n":
+      adv = base.best_of_n_advantages(grouped, axis_name, adv_clip)
+    else:
+      adv = 0.5 * (base.group_advantages(grouped, axis_name, adv_clip) +
+                   base.best_of_n_advantages(grouped, axis_name, adv_clip))
+    adv = adv.reshape(-1)
     ch = smp.chain
+    active = active_steps(ch.std.T > 0, last_k)                           # [S, B]
     kappa = credit_weights(credit, jnp.swapaxes(ch.x_t, 0, 1), jnp.swapaxes(ch.x_tm1, 0, 1),
-                           decay=credit_decay).T                          # [B, S]
+                           decay=credit_decay, active=active).T           # [B, S]
+    act_bs = active.T.astype(jnp.float32)                                 # [B, S]
     free = None if smp.inpaint is None else jnp.logical_not(smp.inpaint.mask)
     n = hist_rep.shape[0]
     ref_dparams = sampling.get(base_params)
@@ -194,7 +242,7 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
         kl = gaussian_kl(jnp.swapaxes(mean, 0, 1), jax.lax.stop_gradient(
             jnp.swapaxes(ref_mean, 0, 1)), std.T,
             None if fr is None else jnp.swapaxes(jnp.broadcast_to(fr, mean.shape), 0, 1))
-        kl = jnp.mean(jnp.sum(kl, 0))
+        kl = jnp.mean(jnp.sum(kl * act_bs[rows[:, None], ks].T, 0))
         loss = loss + kl_coef * kl
         m = dict(m, kl=kl)
       return loss, m
@@ -252,7 +300,7 @@ def make_qgrad_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 
       params = base.aligned_params(sampling, base_params, lora, lora_scale)
       kw = {} if weights is None else {"grad_weights": weights}
       x_0 = base.sample_contexts(sampling, sampler, params, keys, hist_rep, **kw).x_0
-      r = reward_fn(params, critic_params[0], x_0, hist_rep)
+      r = reward_fn(params, critic_params, x_0, hist_rep)
       reg = jnp.mean(jnp.sum(jnp.square(x_0 - ref).reshape(x_0.shape[0], -1), -1))
       loss = -jnp.mean(r) + reg_coef * reg
       if entropy_coef and num_samples > 1:

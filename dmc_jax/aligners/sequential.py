@@ -11,8 +11,14 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
   ``max_chunks``, or it collapsed more than ``max_rollbacks`` times;
 * ``rollback``: the chunk *collapsed*: non-finite reward or loss, more than
   ``max_nonfinite`` of its updates skipped, a loss spike (``|loss| > spike_factor`` times the
-  median of the visit's earlier ``|loss|``), or a reward drop below ``best - drop_tol *
-  scale``. The shell restores the last good checkpoint and multiplies the learning rate by
+  median of the visit's earlier ``|loss|``), or a reward drop: the tracked mean more than
+  ``drop_tol`` standard errors below the visit's best, where the standard error is that of
+  the *paired* change on the same held-out contexts (``std(r_i - best_i) / sqrt(n)``, from
+  the per-context values the shell passes as ``values``), *and* by more than ``drop_min *
+  scale`` (a minimum size, so that a statistically certain but negligible dip does not halve
+  the learning rate). The spread of Q across states, which dominates the unpaired std,
+  cancels in the pair, so a real drop of the policy is seen even when it is small next to
+  that spread. The shell restores the last good checkpoint and multiplies the learning rate by
   ``lr_decay`` (kept for the rest of the run);
 * ``finish``: the last stage of the last pass is done.
 
@@ -21,8 +27,8 @@ reports it) on the curve's fixed episode seeds, and :func:`env_guard` says wheth
 the whole visit (restore the adapters it started from): the critic can be exploited, so its
 value alone cannot see every collapse.
 
-``scale`` is the spread (std) of the tracked reward at the start, so that ``tol`` and
-``drop_tol`` do not depend on the critic's units. The state is a small JSON-able dataclass
+``scale`` is the spread (std) of the tracked reward at the start, so that ``tol`` does not
+depend on the critic's units (and ``drop_tol`` when no per-context values are given). The state is a small JSON-able dataclass
 that the shell saves with every checkpoint (the scheduler's position and rollback history).
 """
 import dataclasses
@@ -40,7 +46,8 @@ class SchedulerConfig:
   max_chunks: int = 8
   patience: int = 2
   tol: float = 0.02
-  drop_tol: float = 1.0
+  drop_tol: float = 3.0
+  drop_min: float = 0.05
   spike_factor: float = 10.0
   max_nonfinite: float = 0.5
   lr_decay: float = 0.5
@@ -61,6 +68,7 @@ class SchedulerState:
   stage_idx: int = 0
   chunk: int = 0                  # chunks decided in this stage visit (rollbacks included)
   best: Optional[float] = None    # best tracked reward in this visit
+  best_values: Tuple[float, ...] = ()  # its per-context values (paired drop test)
   since_best: int = 0
   losses: Tuple[float, ...] = ()  # |loss| of the visit's good chunks
   rollbacks: int = 0              # in this visit
@@ -76,6 +84,7 @@ class SchedulerState:
   def from_json(cls, d: dict) -> "SchedulerState":
     d = dict(d)
     d["losses"] = tuple(d.get("losses", ()))
+    d["best_values"] = tuple(d.get("best_values", ()))
     return cls(**d)
 
 
@@ -93,13 +102,26 @@ def _advance(cfg, s: SchedulerState) -> SchedulerState:
   if stage_idx == len(cfg.stages):
     stage_idx, pass_idx = 0, pass_idx + 1
   return dataclasses.replace(s, stage_idx=stage_idx, pass_idx=pass_idx, chunk=0, best=None,
-                             since_best=0, losses=(), rollbacks=0,
+                             best_values=(), since_best=0, losses=(), rollbacks=0,
                              done=pass_idx >= cfg.passes)
 
 
+def paired_se(values, best_values) -> Optional[float]:
+  """Standard error of the mean paired change ``values - best_values`` (same contexts), or
+  ``None`` when there is nothing to pair."""
+  if values is None or not len(best_values):
+    return None
+  v, b = np.asarray(values, np.float64), np.asarray(best_values, np.float64)
+  if v.shape != b.shape or v.size < 2:
+    raise ValueError(f"paired values have shapes {v.shape} and {b.shape}; both must be the "
+                     "same held-out contexts (at least 2)")
+  return float(np.std(v - b, ddof=1) / math.sqrt(v.size))
+
+
 def collapse_reason(cfg: SchedulerConfig, s: SchedulerState, reward: float, loss: float,
-                    nonfinite: float) -> Optional[str]:
-  """Why this chunk counts as a collapse, or ``None``."""
+                    nonfinite: float, values=None) -> Optional[str]:
+  """Why this chunk counts as a collapse, or ``None``. ``values``: the per-context tracked
+  rewards (the paired drop test); without them the drop is measured in ``scale`` units."""
   if not (math.isfinite(reward) and math.isfinite(loss)):
     return f"non-finite reward/loss ({reward}, {loss})"
   if nonfinite > cfg.max_nonfinite:
@@ -108,19 +130,29 @@ def collapse_reason(cfg: SchedulerConfig, s: SchedulerState, reward: float, loss
     med = float(np.median(s.losses))
     if abs(loss) > cfg.spike_factor * max(med, 1e-8):
       return f"loss spike: |loss| {abs(loss):.4g} > {cfg.spike_factor} x median {med:.4g}"
-  if s.best is not None and reward < s.best - cfg.drop_tol * s.scale:
+  if s.best is None:
+    return None
+  se = paired_se(values, s.best_values)
+  if se is not None:
+    margin = max(cfg.drop_tol * se, cfg.drop_min * s.scale)
+    if reward < s.best - margin:
+      return (f"reward drop: {reward:.4g} < best {s.best:.4g} - max({cfg.drop_tol} x paired "
+              f"SE {se:.4g}, {cfg.drop_min} x scale {s.scale:.4g}) (same "
+              f"{len(s.best_values)} contexts)")
+  elif reward < s.best - cfg.drop_tol * s.scale:
     return (f"reward drop: {reward:.4g} < best {s.best:.4g} - {cfg.drop_tol} x scale "
             f"{s.scale:.4g}")
   return None
 
 
 def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: float,
-           nonfinite: float = 0.0) -> Tuple[SchedulerState, dict]:
+           nonfinite: float = 0.0, values=None) -> Tuple[SchedulerState, dict]:
   """One decision after a chunk (see the module doc). Returns ``(state, decision)``; the
-  decision dict holds ``action``, ``reason``, ``stage``, ``pass`` and the numbers used."""
+  decision dict holds ``action``, ``reason``, ``stage``, ``pass`` and the numbers used.
+  ``values``: the tracked reward per held-out context (its mean is ``reward``)."""
   where = {"stage": stage(cfg, s), "pass": s.pass_idx, "chunk": s.chunk + 1,
            "reward": reward, "loss": loss, "nonfinite": nonfinite}
-  reason = collapse_reason(cfg, s, reward, loss, nonfinite)
+  reason = collapse_reason(cfg, s, reward, loss, nonfinite, values)
   if reason is not None:
     if s.rollbacks < cfg.max_rollbacks:
       new = dataclasses.replace(s, chunk=s.chunk + 1, rollbacks=s.rollbacks + 1,
@@ -133,8 +165,12 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
                      reason=f"{reason}; {cfg.max_rollbacks} rollbacks already, moving on "
                             "from the last good checkpoint")
   improved = s.best is None or reward > s.best + cfg.tol * s.scale
-  best = reward if s.best is None or reward > s.best else s.best
-  s = dataclasses.replace(s, chunk=s.chunk + 1, best=best,
+  new_best = s.best is None or reward > s.best
+  best = reward if new_best else s.best
+  best_values = s.best_values
+  if new_best:
+    best_values = () if values is None else tuple(float(v) for v in np.asarray(values))
+  s = dataclasses.replace(s, chunk=s.chunk + 1, best=best, best_values=best_values,
                           since_best=0 if improved else s.since_best + 1,
                           losses=s.losses + (abs(loss),))
   if s.chunk >= cfg.max_chunks:

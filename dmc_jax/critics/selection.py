@@ -9,6 +9,18 @@ import jax
 import jax.numpy as jnp
 
 SELECTIONS = ("expectation", "argmax", "softmax", "expectile", "first")
+Q_AGGS = ("min", "lcb")
+
+
+def aggregate_heads(qs, agg: str = "min", lcb_coef: float = 1.0):
+  """Q heads ``[N, ...]`` -> one value ``[...]``: ``min`` (clipped double Q) or ``lcb``, the
+  lower confidence bound ``mean - lcb_coef * std`` over the heads (population std). With two
+  heads ``lcb`` at ``lcb_coef = 1`` equals ``min`` (``mean - |q1 - q2| / 2``)."""
+  if agg == "min":
+    return jnp.min(qs, 0)
+  if agg == "lcb":
+    return jnp.mean(qs, 0) - lcb_coef * jnp.std(qs, 0)
+  raise ValueError(f"unknown Q aggregation {agg!r}; known: {Q_AGGS}")
 
 
 def selection_logits(q, v, mode: str, temperature: float = 1.0, expectile: float = 0.7):

@@ -204,9 +204,12 @@ class Sampler:
   return_chain: bool = False
   inpaint_mode: str = "clean"
   defaults: tuple = ()  # ((name, value), ...) default traced knobs
+  min_std: float = 0.0  # floor on the std of the stochastic steps (std > 0); 0: none
 
   def __post_init__(self):
     check_options(len(self.times), self.num_grad_steps, self.inpaint_mode)
+    if not self.min_std >= 0:
+      raise ValueError(f"min_std must be >= 0, got {self.min_std}")
 
   @property
   def num_steps(self) -> int:
@@ -215,9 +218,23 @@ class Sampler:
   def _kw(self, kw):
     return {**dict(self.defaults), **kw}
 
+  def _transition(self, cond, kw):
+    """The transition with the knobs filled in and the std floored at ``min_std`` on the
+    stochastic steps (deterministic steps stay deterministic), as DPPO does to keep every
+    fine-tuned step's likelihood ratio well conditioned."""
+    fn = self.build_transition(cond, **self._kw(kw))
+    if not self.min_std:
+      return fn
+
+    def floored(params, x_t, k):
+      mean, std = fn(params, x_t, k)
+      std = jnp.asarray(std)
+      return mean, jnp.where(std > 0, jnp.maximum(std, self.min_std), 0.0).astype(std.dtype)
+    return floored
+
   def __call__(self, params, key, x_T, cond=None, inpaint=None, *, start_step: int = 0,
                grad_weights=None, **kw) -> SamplerOutput:
-    return run_chain(self.build_transition(cond, **self._kw(kw)), params, key, x_T,
+    return run_chain(self._transition(cond, kw), params, key, x_T,
                      times=self.times, levels=self.levels, inpaint=inpaint,
                      inpaint_mode=self.inpaint_mode, num_grad_steps=self.num_grad_steps,
                      remat=self.remat, return_chain=self.return_chain, start_step=start_step,
@@ -233,7 +250,7 @@ class Sampler:
 
   def transition(self, params, x_t, k, cond=None, **kw):
     """``(mean, std)`` of chain step ``k`` (may be traced) at ``x_t [B, ...]``."""
-    return self.build_transition(cond, **self._kw(kw))(params, x_t, k)
+    return self._transition(cond, kw)(params, x_t, k)
 
   def step_log_prob(self, params, x_t, x_tm1, k, cond=None, free=None, **kw):
     """``(log N(x_tm1; mean_params(x_t, k), std_k^2) [B], mean)``; the log-prob of a recorded

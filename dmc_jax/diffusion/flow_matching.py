@@ -57,7 +57,7 @@ def flow_matching_loss(params, key, x_0, cond=None, *, denoise_fn: DenoiseFn, we
   pred = denoise_fn(params, x_t, t, cond, cond_mask)
   if per_sample:
     t_safe = jnp.clip(t, 1e-6, 1.0 - 1e-6)
-    return per_sample_mse(pred, eps - x_0, mask), 2.0 * jnp.log((1.0 - t_safe) / t_safe)
+    return per_sample_mse(pred, eps - x_0, mask, weights), 2.0 * jnp.log((1.0 - t_safe) / t_safe)
   loss = weighted_mse(pred, eps - x_0, weights, mask)
   return loss, {"loss": loss}
 

@@ -78,8 +78,8 @@ def diffusion_loss(params, key, x_0: Array, cond=None, *, denoise_fn: DenoiseFn,
     cond_drop_prob: classifier-free-guidance dropout probability of ``cond``.
     t_eps: smallest time for a continuous schedule.
 
-    per_sample: return ``(errors [B], log_snr [B])`` instead: each sample's error (masked
-      mean over its entries, no ``weights``) and its noise level ``log(alpha^2 / sigma^2)``.
+    per_sample: return ``(errors [B], log_snr [B])`` instead: each sample's error (the same
+      ``weights``, masked mean over its entries) and its noise level ``log(alpha^2 / sigma^2)``.
       Two calls with the same ``key`` draw the same ``t`` and ``eps`` (Diffusion-DPO).
 
   Returns:
@@ -96,14 +96,19 @@ def diffusion_loss(params, key, x_0: Array, cond=None, *, denoise_fn: DenoiseFn,
   pred = denoise_fn(params, x_t, t, cond, cond_mask)
   target = P.target(x_0, eps, alpha, sigma, pred_type)
   if per_sample:
-    return per_sample_mse(pred, target, mask), jnp.log(jnp.square(alpha) / jnp.square(sigma))
+    return per_sample_mse(pred, target, mask, weights), jnp.log(jnp.square(alpha) / jnp.square(sigma))
   loss = weighted_mse(pred, target, weights, mask)
   return loss, {"loss": loss}
 
 
-def per_sample_mse(pred: Array, target: Array, mask: Optional[Array] = None) -> Array:
-  """``[B]``: each sample's squared error averaged over its (masked) entries."""
-  err = jnp.square(pred - target).reshape(pred.shape[0], -1)
+def per_sample_mse(pred: Array, target: Array, mask: Optional[Array] = None,
+                   weights: Optional[Array] = None) -> Array:
+  """``[B]``: each sample's (weighted) squared error averaged over its (masked) entries; the
+  per-sample form of :func:`weighted_mse` (same weights, same normaliser ``sum(mask)``)."""
+  err = jnp.square(pred - target)
+  if weights is not None:
+    err = err * jnp.broadcast_to(weights, err.shape)
+  err = err.reshape(pred.shape[0], -1)
   if mask is None:
     return jnp.mean(err, -1)
   m = jnp.broadcast_to(jnp.asarray(mask, err.dtype), pred.shape).reshape(pred.shape[0], -1)

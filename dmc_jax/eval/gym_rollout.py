@@ -21,6 +21,11 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
   seeds = list(range(num_episodes)) if seeds is None else [int(s) for s in seeds]
   obs, _ = envs.reset(seed=seeds)
+  space = envs.single_action_space
+  bounds = None
+  if isinstance(space, gym.spaces.Box) and np.all(np.isfinite(space.low)) and np.all(
+      np.isfinite(space.high)):
+    bounds = (space.low, space.high)
   hist = np.repeat(np.asarray(obs, np.float32)[:, None], history, axis=1)
   alive = np.ones(num_episodes, bool)
   rets = np.zeros(num_episodes)
@@ -33,6 +38,8 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
     if j == 0:
       queue = np.asarray(act_fn(jax.random.fold_in(key, t), hist))
     a = queue[:, j]
+    if bounds is not None:  # executed actions stay inside the env's action space
+      a = np.clip(a, bounds[0], bounds[1])
     rec_obs.append(hist[:, -1])
     rec_act.append(a)
     rec_alive.append(alive.copy())

@@ -53,12 +53,16 @@ class Sampling(NamedTuple):
       ``cond`` and ``inpaint`` may be ``None``): one sample per context.
     decode: ``(params, x_0 [B, ...]) -> Proposal`` with ``N`` = 1 squeezed: ``actions
       [B, E, A]``, plans ``[B, H, O]`` / ``[B, H - 1, A]`` or ``None``.
+    loss_weights: per-entry weights of the pretraining loss (broadcastable to one sample,
+      e.g. Diffuser's ``action_weight`` on the first action) or ``None``; the aligners' own
+      denoising errors (DPO, SFT, the cascade) use the same weights.
   """
   gen: Generator
   get: Callable
   put: Callable
   prepare: Callable
   decode: Callable
+  loss_weights: Optional[jax.Array] = None
 
 
 class DMC(NamedTuple):
@@ -138,12 +142,13 @@ def make_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generator, *, ob
   def init(key):
     return module.init(key, jnp.zeros((1, horizon, dim)), jnp.zeros((1,)))["params"]
 
+  weights = jnp.ones((horizon, dim)).at[0, obs_dim:].set(action_weight)
+
   def loss(params, key, seg: Segment):
     k_mask, k_loss = jax.random.split(key)
     x_0 = _zero_padding(jnp.concatenate([seg.obs, seg.actions], -1), seg.mask)
     b = x_0.shape[0]
     known = causal_known_mask(k_mask, b, horizon, obs_dim, act_dim, max_known)
-    weights = jnp.ones((horizon, dim)).at[0, obs_dim:].set(action_weight)
     return gen.loss(params, k_loss, x_0, None, weights=weights, mask=seg.mask[..., None],
                     inpaint_mask=known)
 
@@ -158,7 +163,7 @@ def make_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generator, *, ob
     obs, act = x[..., :obs_dim], x[..., obs_dim:]
     return Proposal(act[:, :execute_steps], obs, act[:, :-1])
 
-  sampling = Sampling(gen, _identity_get, _identity_put, prepare, decode)
+  sampling = Sampling(gen, _identity_get, _identity_put, prepare, decode, weights)
   return DMC("diffuser", init, loss, propose_with(sampling), horizon, 1, execute_steps,
              sampling)
 

@@ -12,13 +12,16 @@ from dmc_jax.models.dmc import DMC
 def make_policy(dmc: DMC, *, obs_norm: Normalizer, act_norm: Normalizer, selection: str,
                 num_candidates: int, q_fn: Optional[Callable] = None,
                 v_fn: Optional[Callable] = None, temperature: float = 1.0,
-                expectile: float = 0.7) -> Callable:
+                expectile: float = 0.7, q_agg: str = "min",
+                lcb_coef: float = 1.0) -> Callable:
   """``act(params, critic_params, key, history [B, K, O]) -> (actions [B, E, A], info)``.
 
   Observations and actions are in environment units; the DMC and the critic work on
   normalised ones. ``critic_params = (q_params, v_params)`` (unused by ``expectation`` and
   ``first``). ``info`` holds the chosen plan (``plan_obs [B, H, O]``, ``plan_actions
   [B, H - 1, A]``, environment units) for planners, and ``q [B]`` of the chosen candidate.
+  The critic's heads are combined with ``q_agg`` (:func:`~dmc_jax.critics.selection.
+  aggregate_heads`: ``min`` or the lower confidence bound ``lcb``).
   """
   if selection not in sel.SELECTIONS:
     raise ValueError(f"unknown selection {selection!r}; known: {sel.SELECTIONS}")
@@ -36,7 +39,8 @@ def make_policy(dmc: DMC, *, obs_norm: Normalizer, act_norm: Normalizer, selecti
       q_params, v_params = critic_params
       obs0 = jnp.repeat(hist[:, -1], num_candidates, axis=0)
       first = prop.actions[:, :, 0].reshape(b * num_candidates, -1)
-      q = jnp.min(q_fn(q_params, obs0, first), 0).reshape(b, num_candidates)
+      q = sel.aggregate_heads(q_fn(q_params, obs0, first), q_agg, lcb_coef).reshape(
+          b, num_candidates)
       idx = sel.select_index(k_sel, q, v_fn(v_params, hist[:, -1]), selection, temperature,
                              expectile)
       chosen = sel.gather(prop, idx)

@@ -18,11 +18,12 @@ import numpy as np
 
 from dmc_jax.aligners import base as base_lib
 from dmc_jax.aligners import cascade as cascade_lib
-from dmc_jax.aligners import dpo, rl, sequential, sft
+from dmc_jax.aligners import dpo, rewards, rl, sequential, sft
 from dmc_jax.critics import iql
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.envs import nav1d
 from dmc_jax.eval import rollout as rollout_lib
+from dmc_jax.models import dmc as dmc_lib
 from dmc_jax.models import policy as policy_lib
 from dmc_jax.networks import lora as lora_lib
 from dmc_jax.train import checkpoint
@@ -30,6 +31,7 @@ from dmc_jax.train import logging as logging_lib
 from dmc_jax.train import sharding
 
 STAGES = ("rl", "dpo", "sft")
+DEPLOY_SAMPLERS = ("rl", "config")
 CASCADE_MODES = cascade_lib.MODES
 
 
@@ -38,6 +40,7 @@ def scheduler_config(config) -> sequential.SchedulerConfig:
   return sequential.SchedulerConfig(
       stages=tuple(a.stages), passes=a.passes, min_chunks=a.min_chunks,
       max_chunks=a.max_chunks, patience=a.patience, tol=a.tol, drop_tol=a.drop_tol,
+      drop_min=a.drop_min,
       spike_factor=a.spike_factor, max_nonfinite=a.max_nonfinite, lr_decay=a.lr_decay,
       max_rollbacks=a.max_rollbacks)
 
@@ -60,6 +63,9 @@ def validate(config, num_sampling_steps: int) -> None:
       bad(key, a[key], "a positive integer")
   if a.max_chunks < a.min_chunks:
     bad("max_chunks", a.max_chunks, f"at least align.min_chunks={a.min_chunks}")
+  for key in ("drop_tol", "drop_min"):
+    if not a[key] >= 0:
+      bad(key, a[key], "a non-negative number")
   if not 0 < a.lr_decay <= 1:
     bad("lr_decay", a.lr_decay, "a number in (0, 1]")
   if a.parallel not in sharding.PARALLEL:
@@ -123,6 +129,34 @@ def validate(config, num_sampling_steps: int) -> None:
     bad("cascade.passes", c.passes, "1 or 2")
   if a.online.enabled and config.task != "nav1d":
     bad("online.enabled", True, "False for task=minari (online roll-outs need a pure env)")
+  if a.reward not in rewards.KINDS:
+    bad("reward", a.reward, f"one of {rewards.KINDS}")
+  planner = config.model.kind != "diffusion_policy"
+  if a.reward != "first" and not planner and config.model.execute_steps > 1:
+    bad("reward", a.reward, "'first' for a diffusion policy that executes "
+        f"{config.model.execute_steps} actions (it plans no states to score the rest with)")
+  if a.dynamics_coef < 0:
+    bad("dynamics_coef", a.dynamics_coef, "a non-negative number")
+  if a.dynamics_coef > 0 and not (planner and config.task == "nav1d"):
+    bad("dynamics_coef", a.dynamics_coef, "0 unless a planner runs on Nav1D (the only task "
+        "with a known dynamics model here)")
+  if a.deploy_sampler not in DEPLOY_SAMPLERS:
+    bad("deploy_sampler", a.deploy_sampler, f"one of {DEPLOY_SAMPLERS}")
+  if not (isinstance(a.rl.last_k, int) and 0 <= a.rl.last_k < num_sampling_steps):
+    bad("rl.last_k", a.rl.last_k, f"an integer in [0, {num_sampling_steps - 1}] (0: every "
+        "stochastic step; the last step is deterministic)")
+  if a.rl.objective not in rl.OBJECTIVES:
+    bad("rl.objective", a.rl.objective, f"one of {rl.OBJECTIVES}")
+  if a.rl.objective != "mean" and a.rl.num_samples < 2:
+    bad("rl.num_samples", a.rl.num_samples, f"at least 2 for rl.objective={a.rl.objective!r}")
+  if a.rl.min_std < 0:
+    bad("rl.min_std", a.rl.min_std, "a non-negative number")
+  if uses_policy_gradient(config) and config.diffusion.sampler in ("ddim", "flow") and (
+      not a.rl.stochastic_scale > 0):
+    bad("rl.stochastic_scale", a.rl.stochastic_scale, f"> 0 for {a.rl.method} with "
+        f"{config.diffusion.sampler} (a deterministic chain has no log-probs)")
+  if a.sft.rank not in sft.RANKS:
+    bad("sft.rank", a.sft.rank, f"one of {sft.RANKS}")
 
 
 def build_aligner(config, name: str, dmc, reward_fn, pass_idx: int, axis_name):
@@ -143,7 +177,8 @@ def build_aligner(config, name: str, dmc, reward_fn, pass_idx: int, axis_name):
         dmc.sampling, reward_fn, tx, method=r.method, num_samples=r.num_samples,
         epochs=r.epochs, minibatches=r.minibatches, step_groups=r.step_groups,
         clip_eps=r.clip_eps, kl_coef=r.kl_coef, credit=r.credit, credit_decay=r.credit_decay,
-        adv_clip=r.adv_clip, entropy_coef=r.entropy_coef, **common), tx)
+        adv_clip=r.adv_clip, entropy_coef=r.entropy_coef, last_k=r.last_k,
+        min_std=r.min_std, objective=r.objective, **common), tx)
   if name == "dpo":
     tx = base_lib.make_optimizer(a.dpo.lr)
     return (dpo.make_dpo_aligner(
@@ -153,7 +188,7 @@ def build_aligner(config, name: str, dmc, reward_fn, pass_idx: int, axis_name):
   return (sft.make_sft_aligner(
       dmc.sampling, reward_fn, tx, num_samples=a.sft.num_samples, keep_frac=a.sft.keep_frac,
       lik_quantile=a.sft.lik_quantile, lik_draws=a.sft.lik_draws,
-      sample_from=a.sft.sample_from, **common), tx)
+      sample_from=a.sft.sample_from, rank=a.sft.rank, **common), tx)
 
 
 def stage_lr(config, name: str) -> float:
@@ -167,6 +202,50 @@ def with_stochastic(config, dmc):
     knob = {k: config.align.rl.stochastic_scale for k in gen.stochastic}
     gen = gen._replace(stochastic=knob)
   return dmc._replace(sampling=dmc.sampling._replace(gen=gen))
+
+
+def uses_policy_gradient(config) -> bool:
+  a = config.align
+  return "rl" in a.stages and a.rl.method in rl.PG_METHODS
+
+
+def rl_sampler_dmc(config, dmc):
+  """The DMC that *samples* with the RL stage's stochastic sampler (knobs
+  ``align.rl.stochastic_scale``, std floor ``align.rl.min_std``): the policy REINFORCE/PPO
+  optimise. Its ``propose`` is rebuilt on the new sampler."""
+  d = with_stochastic(config, dmc)
+  gen = d.sampling.gen
+  sample = gen.sample.replace(defaults=dict(gen.stochastic or {}),
+                              min_std=float(config.align.rl.min_std))
+  sampling = d.sampling._replace(gen=gen._replace(sample=sample))
+  return d._replace(sampling=sampling, propose=dmc_lib.propose_with(sampling))
+
+
+def deployed_dmc(config, dmc):
+  """The DMC that alignment samples from and that is evaluated before and after it. With a
+  REINFORCE/PPO stage and ``align.deploy_sampler="rl"`` (default) it is the RL stage's
+  stochastic sampler, so the policy optimised is the policy evaluated (DPO, SFT and the
+  tracked reward then rank the samples of that same policy); otherwise the configured
+  sampler (``diffusion.ddim_eta``), with the stochastic knobs set for the RL stage only."""
+  if uses_policy_gradient(config) and config.align.deploy_sampler == "rl":
+    return rl_sampler_dmc(config, dmc)
+  return with_stochastic(config, dmc)
+
+
+def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None):
+  """The alignment reward of ``align.reward`` with the critic heads combined by
+  ``critic.q_agg`` (see :mod:`dmc_jax.aligners.rewards`)."""
+  a = config.align
+  dyn = None
+  if a.dynamics_coef:
+    env_params = nav1d.make_params(config.env.task_seed, config.env.horizon,
+                                   config.env.step_size)
+    dyn = lambda o, u, n: nav1d.plan_dynamics_error(env_params, o, u, n)
+  return rewards.make_reward(dmc.sampling, q_fn, v_fn, kind=a.reward,
+                             q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef,
+                             discount=config.critic.discount, dynamics_error=dyn,
+                             dynamics_coef=a.dynamics_coef, obs_norm=obs_norm,
+                             act_norm=act_norm)
 
 
 class _Online:
@@ -183,7 +262,8 @@ class _Online:
                                  selection=config.eval.selection,
                                  num_candidates=config.eval.num_candidates, q_fn=q_fn,
                                  v_fn=v_fn, temperature=config.eval.temperature,
-                                 expectile=config.critic.expectile)
+                                 expectile=config.critic.expectile,
+                                 q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef)
     run = rollout_lib.make_rollout(nav1d.reset, nav1d.step, env_params,
                                    max_steps=config.env.horizon, act_fn=act,
                                    history=dmc.history, execute_steps=dmc.execute_steps)
@@ -241,14 +321,14 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   """
   a = config.align
   sched_cfg = scheduler_config(config)
-  dmc = with_stochastic(config, dmc)
-  reward_fn = base_lib.make_q_reward(dmc.sampling, q_fn)
+  dmc = deployed_dmc(config, dmc)
+  reward_fn = make_reward_fn(config, dmc, q_fn, v_fn, obs_norm, act_norm)
   scale = lora_lib.lora_scale(a.lora_rank, a.lora_alpha)
   k_init, k_upd, k_ctx, k_track, k_curve, k_online = jax.random.split(key, 6)
   # Held-out contexts of the tracked reward: fixed for the whole run.
   track_hist = ep_lib.sample_segments(k_track, seg_data, a.track_contexts, dmc.horizon,
                                       dmc.history).history
-  tracker = jax.jit(lambda lora, qp: _track(dmc, reward_fn, base_params, lora, qp, scale,
+  tracker = jax.jit(lambda lora, cp: _track(dmc, reward_fn, base_params, lora, cp, scale,
                                             jax.random.fold_in(k_track, 1), track_hist))
   contexts = jax.jit(lambda u: ep_lib.sample_segments(
       jax.random.fold_in(k_ctx, u), seg_data, a.batch_size, dmc.horizon, dmc.history).history)
@@ -304,7 +384,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
             f"{sched.pass_idx}, stage {sequential.stage(sched_cfg, sched)}", flush=True)
     else:
       done_updates = 0
-      r0, r0_std = (float(x) for x in tracker(None, critic_state.q.params))
+      r0_values = np.asarray(tracker(None, (critic_state.q.params, critic_state.v.params)))
+      r0, r0_std = float(r0_values.mean()), float(r0_values.std())
       sched = sequential.init_state(r0_std)
       em, guard_ref = curve_eval(None, critic_state)
       curve_pts = [(0, em["return_mean"], em["return_std"], r0, r0_std, "reference")]
@@ -349,10 +430,12 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
         new_tree.update(buffer=buf_new, critic=critic_new)
         summary.update(online_return=float(online_return),
                        online_q_loss=float(np.mean(cm["q_loss"])))
-      reward, reward_std = (float(x) for x in tracker(st.params, new_tree["critic"].q.params))
+      values = np.asarray(tracker(st.params, (new_tree["critic"].q.params,
+                                              new_tree["critic"].v.params)), np.float64)
+      reward, reward_std = float(values.mean()), float(values.std())
       sched_new, decision = sequential.decide(sched_cfg, sched, reward=reward,
                                               loss=summary.get("loss", float("nan")),
-                                              nonfinite=summary["nonfinite"])
+                                              nonfinite=summary["nonfinite"], values=values)
       decisions.write_row(step, decision)
       writer.write_scalars(step, {f"align/{name}/{k}": v for k, v in summary.items()}
                            | {"align/track_reward": reward, "align/track_reward_std": reward_std,
@@ -403,14 +486,14 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
           "curve": curve_pts, "decisions": decisions.rows(), "lora_scale": scale}
 
 
-def _track(dmc, reward_fn, base_params, lora, q_params, scale, key, hist):
-  """Mean and std of the critic value of one sample per held-out context (fixed key)."""
+def _track(dmc, reward_fn, base_params, lora, critic_params, scale, key, hist):
+  """The reward of one sample per held-out context (fixed key): ``[n]``, paired across
+  chunks (the same contexts and noise), so the scheduler can test a drop on the pairs."""
   params = base_lib.aligned_params(dmc.sampling, base_params, lora, scale)
   ids = jnp.arange(hist.shape[0])
   smp = base_lib.sample_contexts(dmc.sampling, dmc.sampling.gen.sample, params,
                                  base_lib.per_sample_keys(key, ids), hist)
-  r = reward_fn(params, q_params, smp.x_0, hist)
-  return jnp.mean(r), jnp.std(r)
+  return reward_fn(params, critic_params, smp.x_0, hist)
 
 
 def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, contexts, key,

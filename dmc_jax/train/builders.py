@@ -9,7 +9,7 @@ from dmc_jax import networks
 from dmc_jax.critics import iql
 from dmc_jax.models import dmc as dmc_lib
 from dmc_jax.models import generator as gen_lib
-from dmc_jax.networks.critic import TwinQ, ValueNet
+from dmc_jax.networks.critic import EnsembleQ, ValueNet
 
 BACKBONES = ("unet", "dit", "mlp")
 
@@ -32,6 +32,9 @@ def make_generator(config, denoise_fn, **overrides):
             sample_steps=d.sample_steps, pred_type=d.pred_type,
             clip_x0=d.clip_x0 if d.clip_x0 > 0 else None, ddim_eta=d.ddim_eta)
   kw.update(overrides)
+  if "clip_x0" not in overrides and d.clip_x0 < 0:
+    raise ValueError("config.diffusion.clip_x0=-1 (auto) is resolved from the data by the "
+                     "main job (offline.resolve_clip); pass a resolved config")
   return gen_lib.make_generator(denoise_fn, **kw)
 
 
@@ -58,9 +61,11 @@ def make_dmc(config, obs_dim: int, act_dim: int, **gen_overrides) -> dmc_lib.DMC
 
 
 def make_critic(config):
-  """``(q_module, v_module, q_fn, v_fn, update_fn, tx_q, tx_v)`` for IQL."""
+  """``(q_module, v_module, q_fn, v_fn, update_fn, tx_q, tx_v)`` for IQL: ``critic.num_q``
+  Q heads in one vmapped ensemble (2: the twin Q), LayerNorm by ``critic.layer_norm``."""
   cc = config.critic
-  q_mod, v_mod = TwinQ(tuple(cc.hidden_dims)), ValueNet(tuple(cc.hidden_dims))
+  q_mod = EnsembleQ(tuple(cc.hidden_dims), num_heads=cc.num_q, layer_norm=cc.layer_norm)
+  v_mod = ValueNet(tuple(cc.hidden_dims), layer_norm=cc.layer_norm)
   q_fn = lambda p, o, a: q_mod.apply({"params": p}, o, a)
   v_fn = lambda p, o: v_mod.apply({"params": p}, o)
   update = iql.make_iql_update(q_fn, v_fn, discount=cc.discount, expectile=cc.expectile,

@@ -32,7 +32,7 @@ class Artifact(NamedTuple):
 
 def _bundle_target(config, obs_dim: int, act_dim: int) -> dict:
   from dmc_jax.train.offline import model_bundle
-  dmc = builders.make_dmc(config, obs_dim, act_dim)
+  dmc = builders.make_dmc(config, obs_dim, act_dim, clip_x0=None)  # shapes only
   q_mod, v_mod, *_ = builders.make_critic(config)
   st = iql.init_iql(jax.random.key(0), q_mod, v_mod, obs_dim, act_dim, optax.sgd(0.0),
                     optax.sgd(0.0))
@@ -97,6 +97,9 @@ def evaluate(out_dir: str, num_episodes: int | None = None, seed: int | None = N
   if config.task != "nav1d":
     raise NotImplementedError("artifact evaluation runs Nav1D; use launch.train for others")
   dmc = builders.make_dmc(config, art.obs_norm.shift.shape[0], art.act_norm.shift.shape[0])
+  if config.align.stages:  # an aligned model acts with the sampler it was aligned for
+    from dmc_jax.train import align
+    dmc = align.deployed_dmc(config, dmc)
   _, _, q_fn, v_fn, *_ = builders.make_critic(config)
   evaluate_fn = offline.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
                                        {"dataset_id": config.data.dataset})

@@ -20,6 +20,7 @@ import optax
 from flax import traverse_util
 
 from dmc_jax.critics import iql
+from dmc_jax.critics import selection as sel
 from dmc_jax.critics.selection import SELECTIONS
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import gym_data, minari_io, nav1d_data
@@ -107,10 +108,18 @@ def validate_config(config) -> None:
       config.diffusion.sample_steps > config.diffusion.train_steps):
     bad("diffusion.sample_steps", config.diffusion.sample_steps,
         f"at most diffusion.train_steps={config.diffusion.train_steps} for DDIM")
+  if config.diffusion.clip_x0 < 0 and config.diffusion.clip_x0 != -1:
+    bad("diffusion.clip_x0", config.diffusion.clip_x0, "-1 (auto: the normalised data's "
+        "range), 0 (no clip) or a positive bound")
   if not 0 <= config.train.ema_decay < 1:
     bad("train.ema_decay", config.train.ema_decay, "a number in [0, 1)")
   if not 0 < config.critic.expectile < 1:
     bad("critic.expectile", config.critic.expectile, "a number in (0, 1)")
+  one_of("critic.q_agg", config.critic.q_agg, sel.Q_AGGS)
+  if not (isinstance(config.critic.num_q, int) and config.critic.num_q >= 1):
+    bad("critic.num_q", config.critic.num_q, "a positive integer (the number of Q heads)")
+  if config.critic.lcb_coef < 0:
+    bad("critic.lcb_coef", config.critic.lcb_coef, "a non-negative number")
   if not 0 <= config.critic.discount <= 1:
     bad("critic.discount", config.critic.discount, "a number in [0, 1]")
   if config.train.eval_every < 0:
@@ -136,6 +145,50 @@ def validate_config(config) -> None:
     bad("model.dit_d_model", m.dit_d_model, f"a multiple of model.dit_heads={m.dit_heads}")
   from dmc_jax.train import align as align_lib
   align_lib.validate(config, sampling_steps(config))
+
+
+CLIP_FIELDS = {"diffusion_policy": ("actions",), "diffuser": ("obs", "actions"),
+               "decision_diffuser": ("obs",)}
+
+
+def data_range(config, trans_n) -> float:
+  """The largest |normalised value| of what the model diffuses (DP: actions; Diffuser:
+  observations and actions; DD: observations)."""
+  tops = [float(np.max(np.abs(np.asarray(getattr(trans_n, f)))))
+          for f in CLIP_FIELDS[config.model.kind] if np.asarray(getattr(trans_n, f)).size]
+  return max(tops) if tops else 1.0
+
+
+def resolve_clip(config, trans_n):
+  """``diffusion.clip_x0 = -1`` (auto) -> a copy of the config whose clip is the normalised
+  data's range (:func:`data_range`): the predicted ``x0`` stays bounded at the first,
+  noisiest steps (with a cosine schedule ``alpha_T`` is ~0 and an unclipped eps-model's
+  ``x0`` estimate can explode: unclipped, a DP on Hopper's gaussian-normalised data returned
+  -600), and no value of the data is cut. Any other value is returned as is."""
+  if config.diffusion.clip_x0 >= 0:
+    return config
+  resolved = config.copy_and_resolve_references()
+  resolved.diffusion.clip_x0 = float(np.float32(data_range(config, trans_n)))
+  return resolved
+
+
+def check_clip(config, trans_n) -> None:
+  """``diffusion.clip_x0`` must not cut the normalised data: the samplers clip the predicted
+  ``x0`` at every step, so a clip inside the data's range removes the tails of the very
+  distribution the model learned (with the exact denoiser of N(0, 1) and a clip at 1 the
+  samples' variance falls to ~0.5). Checked on what the model diffuses: actions (DP),
+  observations and actions (Diffuser), observations (Decision Diffuser)."""
+  clip = float(config.diffusion.clip_x0)
+  if clip <= 0:
+    return
+  for f in CLIP_FIELDS[config.model.kind]:
+    x = np.asarray(getattr(trans_n, f))
+    top = float(np.max(np.abs(x))) if x.size else 0.0
+    if top > clip * (1 + 1e-5):
+      raise ValueError(
+          f"config.diffusion.clip_x0={clip:g} cuts the normalised data: the dataset's {f} "
+          f"reach {top:.4g} in data.normalizer={config.data.normalizer!r} units; set "
+          f"diffusion.clip_x0=-1 (auto: the data's range), 0 (no clip) or at least {top:.4g}")
 
 
 def sampling_steps(config) -> int:
@@ -298,7 +351,8 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
                                selection=e.selection,
                                num_candidates=1 if e.selection == "first" else e.num_candidates,
                                q_fn=q_fn, v_fn=v_fn, temperature=e.temperature,
-                               expectile=config.critic.expectile)
+                               expectile=config.critic.expectile,
+                               q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef)
   if config.task != "nav1d":
     return _gym_evaluator(config, dmc, act, env_info)
   env_params = nav1d.make_params(config.env.task_seed, config.env.horizon, config.env.step_size)
@@ -312,12 +366,25 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
       (None, 0, 0)), (0, 1, 1), 1)
   err_fn = functools.partial(nav1d.plan_dynamics_error, env_params)
 
+  disc = jnp.asarray(config.critic.discount ** np.arange(config.env.horizon), jnp.float32)
+
+  def critic_gap(critic_params, out):
+    """The critic's over-estimation at the start: its value of the first executed action
+    (heads combined as in selection) minus the discounted return that followed (in the
+    critic's reward units)."""
+    q0 = sel.aggregate_heads(q_fn(critic_params[0], obs_norm.normalize(out["obs"][:, 0]),
+                                  act_norm.normalize(out["actions"][:, 0])),
+                             config.critic.q_agg, config.critic.lcb_coef)
+    ret = jnp.sum(out["rewards"] * disc[None], 1) * config.data.reward_scale
+    return jnp.mean(q0 - ret)
+
   @functools.partial(jax.jit, static_argnums=3)
   def evaluate(params, critic_params, key, num_episodes):
     out = run(params, critic_params, key, num_episodes)
     metrics = {"return_mean": jnp.mean(out["returns"]), "return_std": jnp.std(out["returns"]),
                "behaviour_density": coherency.policy_coherency(
-                   density, out["t"], out["obs"], out["actions"], out["alive"])}
+                   density, out["t"], out["obs"], out["actions"], out["alive"]),
+               "critic_gap": critic_gap(critic_params, out)}
     if "plan_obs" in out["info"]:
       w = out["replanned"][:, None] & jnp.swapaxes(out["alive"], 0, 1)
       share, err = coherency.plan_coherency(err_fn, out["info"]["plan_obs"],
@@ -396,10 +463,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                      actions=act_norm.normalize(trans.actions),
                                                      rewards=trans.rewards *
                                                      np.float32(config.data.reward_scale)))
+  config = resolve_clip(config, trans_n)  # -1: the data's range (deterministic: resumes match)
+  check_clip(config, trans_n)
   print(f"data {env_info['dataset_id']}: {len(eps.lengths)} episodes, {len(trans.obs)} "
         f"transitions, mean return {eps.returns().mean():.2f}", flush=True)
 
+  timing = {"data": time.time() - t_start}
+  t0 = time.time()
   critic, q_fn, v_fn = train_critic(config, trans_n, k_critic, writer, workdir)
+  timing["critic"] = time.time() - t0
+  t0 = time.time()
   critic_params = (critic.q.params, critic.v.params)
 
   dmc = builders.make_dmc(config, eps.obs_dim, eps.act_dim)
@@ -454,8 +527,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   curve = [(r["step"], r["curve/return_mean"], r["curve/return_std"]) for r in writer.rows()
            if "curve/return_mean" in r]
 
+  timing["dmc"] = time.time() - t0
+  t0 = time.time()
   final, per_episode = evaluate(state.ema_params, critic_params,
                                 jax.random.fold_in(k_eval, 0), config.eval.num_episodes)
+  timing["eval"] = time.time() - t0
+  t0 = time.time()
   returns = per_episode["return"]
   curve.append((tc.steps, final["return_mean"], final["return_std"]))
   aligned = None
@@ -464,6 +541,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      q_fn=q_fn, v_fn=v_fn, seg_data=seg_data, trans_n=trans_n,
                      obs_norm=obs_norm, act_norm=act_norm, env_info=env_info, writer=writer,
                      key=jax.random.fold_in(key, 0x616C69), k_eval=k_eval)
+    timing["align"] = time.time() - t0
     checkpoint.save(os.path.join(workdir, "model_reference"), tc.steps,
                     model_bundle(state.ema_params, critic_params, obs_norm, act_norm))
     checkpoint.save(os.path.join(workdir, "model"), tc.steps,
@@ -485,6 +563,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "dataset_return": float(eps.returns().mean()),
       "random_return": None if rand is None else float(rand.mean()),
       "curve": curve, "wall_clock_s": time.time() - t_start,
+      "timing_s": timing,  # this process's wall-clock per phase (compilation included)
   }
   if aligned is not None:
     results["align"] = aligned["results"]
@@ -573,12 +652,17 @@ def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, t
     cfg.eval.selection = selection
     return make_evaluator(cfg, model, obs_norm, act_norm, q_fn, v_fn, env_info)
 
+  # The policy that alignment optimises is the one evaluated before and after it.
+  deployed = align_lib.deployed_dmc(config, dmc)
+  other = None  # the RL stage's sampler, when the deployed one differs from it
+  if align_lib.uses_policy_gradient(config) and config.align.deploy_sampler != "rl":
+    other = align_lib.rl_sampler_dmc(config, dmc)
   _, _, _, _, iql_update, _, _ = builders.make_critic(config)
   out = align_lib.run_alignment(
       config, workdir, dmc=dmc, base_params=base_params, critic_state=critic, q_fn=q_fn,
       v_fn=v_fn, iql_update=iql_update, seg_data=seg_data, trans_n=trans_n, obs_norm=obs_norm,
-      act_norm=act_norm, evaluate=evaluator(config.align.curve_selection, dmc), writer=writer,
-      key=key)
+      act_norm=act_norm, evaluate=evaluator(config.align.curve_selection, deployed),
+      writer=writer, key=key)
   from dmc_jax.aligners import base as base_lib
   params = base_lib.aligned_params(dmc.sampling, base_params, out["lora"], out["lora_scale"])
   ref_critic = (critic.q.params, critic.v.params)
@@ -591,11 +675,15 @@ def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, t
     return dict(m, **{f"return_{s}": v for s, v in _stats(r["return"]).items()})
 
   for selection in config.align.eval_selections:
-    ev = evaluator(selection, dmc)
+    ev = evaluator(selection, deployed)
     row = {"before": row_of(ev, base_params, ref_critic), "after": row_of(ev, params, new_critic)}
     if out["cascade"] is not None:
       row["cascade"] = row_of(evaluator(selection, out["cascade"]["dmc"]),
                               out["cascade"]["params"], new_critic)
+    if other is not None:
+      ev_rl = evaluator(selection, other)
+      row["before_rl_sampler"] = row_of(ev_rl, base_params, ref_critic)
+      row["after_rl_sampler"] = row_of(ev_rl, params, new_critic)
     results[selection] = row
     writer.write_scalars(config.train.steps, {
         f"eval/align_{selection}_{n}_return_mean": v["return_mean"] for n, v in row.items()})

@@ -43,6 +43,17 @@ class RolloutTest(absltest.TestCase):
     v0 = np.interp(0.3, np.linspace(-1, 1, self.values.shape[1]), self.values[0])
     self.assertAlmostEqual(float(out["returns"][0]), float(v0), delta=0.05)
 
+  def test_gym_loop_executes_actions_inside_the_action_space(self):
+    """A sampler without a clip can propose actions off the Box (gaussian units): the loop
+    executes (and records) them clipped to the env's bounds, as Nav1D's own step does."""
+    make_env = lambda: gym.make("dmc_jax/Nav1D-v0", start_low=0.3, start_high=0.3)
+    far = gym_rollout.rollout_gym(make_env, lambda k, h: np.full((2, 1, 1), 7.0), jax.random.key(0),
+                                  num_episodes=2, max_steps=32)
+    edge = gym_rollout.rollout_gym(make_env, lambda k, h: np.full((2, 1, 1), 1.0), jax.random.key(0),
+                                   num_episodes=2, max_steps=32)
+    np.testing.assert_array_equal(far["actions"], 1.0)
+    np.testing.assert_allclose(far["returns"], edge["returns"])
+
   def test_action_queue_and_alive_mask(self):
     calls = []
 
