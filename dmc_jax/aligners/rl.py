@@ -133,12 +133,11 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
   Trust region and truncation (DPPO's recipe for diffusion chains): ``clip_eps`` (PPO),
   ``kl_coef``, ``min_std`` (a floor on every stochastic step's std, applied when sampling and
   when re-evaluating log-probs, so the sampler trained is the sampler that samples), and
-  ``objective``: ``mean`` maximises ``E[r]`` of one sample (context-centred advantages);
-  ``best_of_n`` maximises ``E[max of the G samples]``, what ``argmax`` selection over
-  candidates deploys (:func:`base.best_of_n_advantages`); ``mixed`` averages the two
-  advantages.
   ``last_k > 0``: only the last ``K`` stochastic steps are trained (``sg(log pi, K)`` of the
   paper's eq. 8; the earlier steps get no credit, no KL and no gradient).
+  ``objective``: ``mean`` maximises ``E[r]`` of one sample (context-centred advantages);
+  ``best_of_n`` maximises ``E[max of the G samples]``, what ``argmax`` selection over
+  candidates deploys (:func:`base.best_of_n_advantages`); ``mixed`` averages the two.
   With ``minibatches > 1`` each device shuffles its own samples, so the minibatches (not the
   expected update) depend on the number of devices; with ``minibatches = 1`` the update is
   the same on any number of devices.

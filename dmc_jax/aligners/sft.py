@@ -27,11 +27,13 @@ def select_for_sft(rewards, ref_log_lik, *, top_k: int, min_log_lik):
   samples with ``ref_log_lik >= min_log_lik`` (fewer if fewer pass). ``weights`` = keep / count.
   """
   eligible = ref_log_lik >= min_log_lik
-  score = jnp.where(eligible, rewards, -jnp.inf)
-  order = jnp.argsort(-score)
-  rank = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0]))
-  keep = eligible & (rank < top_k)
+  keep = eligible & (_ranks(jnp.where(eligible, rewards, -jnp.inf)) < top_k)
   return keep, keep / jnp.maximum(jnp.sum(keep), 1)
+
+
+def _ranks(score, axis: int = -1):
+  """Each entry's position along ``axis`` when sorted by decreasing score (0 = best)."""
+  return jnp.argsort(jnp.argsort(-score, axis=axis), axis=axis)
 
 
 def select_per_context(rewards, ref_log_lik, *, keep_frac: float, min_log_lik,
@@ -50,10 +52,7 @@ def select_per_context(rewards, ref_log_lik, *, keep_frac: float, min_log_lik,
   if rank == "context":
     k = max(1, int(round(keep_frac * g)))
     eligible = ref_log_lik >= min_log_lik
-    score = jnp.where(eligible, rewards, -jnp.inf)
-    order = jnp.argsort(-score, axis=1)
-    pos = jnp.argsort(order, axis=1)  # rank of each sample within its context
-    keep = eligible & (pos < k)
+    keep = eligible & (_ranks(jnp.where(eligible, rewards, -jnp.inf), axis=1) < k)
     return keep, keep / jnp.maximum(jnp.sum(keep), 1)
   score = rewards - jnp.mean(rewards, 1, keepdims=True) if rank == "centred" else rewards
   keep, w = select_for_sft(score.reshape(-1), ref_log_lik.reshape(-1),
@@ -69,8 +68,8 @@ def make_sft_aligner(sampling, reward_fn: Callable, tx, *, num_samples: int = 8,
   or the reference; the reference likelihood proxy is ``-mean_d e_ref(x)`` over
   ``lik_draws`` noise draws; samples below the ``lik_quantile`` quantile of the (global) batch
   are dropped, and among the rest the ``keep_frac`` share with the highest rewards is kept,
-  ranked within each context (``rank``, see :func:`select_per_context`); one step of the ordinary diffusion loss on those (in-painted entries
-  excluded, as in pretraining)."""
+  ranked within each context (``rank``, see :func:`select_per_context`); one step of the
+  ordinary diffusion loss on those (in-painted entries excluded, as in pretraining)."""
   base.check_sample_from(sample_from)
   if not 0 < keep_frac <= 1:
     raise ValueError(f"keep_frac must be in (0, 1], got {keep_frac}")

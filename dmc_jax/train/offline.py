@@ -151,24 +151,26 @@ CLIP_FIELDS = {"diffusion_policy": ("actions",), "diffuser": ("obs", "actions"),
                "decision_diffuser": ("obs",)}
 
 
-def data_range(config, trans_n) -> float:
-  """The largest |normalised value| of what the model diffuses (DP: actions; Diffuser:
-  observations and actions; DD: observations)."""
-  tops = [float(np.max(np.abs(np.asarray(getattr(trans_n, f)))))
-          for f in CLIP_FIELDS[config.model.kind] if np.asarray(getattr(trans_n, f)).size]
-  return max(tops) if tops else 1.0
+def field_ranges(config, trans_n) -> dict:
+  """``{field: largest |normalised value|}`` of what the model diffuses (DP: actions;
+  Diffuser: observations and actions; DD: observations)."""
+  out = {}
+  for f in CLIP_FIELDS[config.model.kind]:
+    x = np.asarray(getattr(trans_n, f))
+    out[f] = float(np.max(np.abs(x))) if x.size else 0.0
+  return out
 
 
 def resolve_clip(config, trans_n):
   """``diffusion.clip_x0 = -1`` (auto) -> a copy of the config whose clip is the normalised
-  data's range (:func:`data_range`): the predicted ``x0`` stays bounded at the first,
-  noisiest steps (with a cosine schedule ``alpha_T`` is ~0 and an unclipped eps-model's
-  ``x0`` estimate can explode: unclipped, a DP on Hopper's gaussian-normalised data returned
-  -600), and no value of the data is cut. Any other value is returned as is."""
+  data's range (the largest of :func:`field_ranges`): the predicted ``x0`` stays bounded at
+  the first, noisiest steps (with a cosine schedule ``alpha_T`` is ~0 and an unclipped
+  eps-model's ``x0`` estimate can explode: unclipped, a DP on Hopper's gaussian-normalised
+  data returned -600), and no value of the data is cut. Any other value is returned as is."""
   if config.diffusion.clip_x0 >= 0:
     return config
   resolved = config.copy_and_resolve_references()
-  resolved.diffusion.clip_x0 = float(np.float32(data_range(config, trans_n)))
+  resolved.diffusion.clip_x0 = float(np.float32(max(field_ranges(config, trans_n).values())))
   return resolved
 
 
@@ -176,14 +178,11 @@ def check_clip(config, trans_n) -> None:
   """``diffusion.clip_x0`` must not cut the normalised data: the samplers clip the predicted
   ``x0`` at every step, so a clip inside the data's range removes the tails of the very
   distribution the model learned (with the exact denoiser of N(0, 1) and a clip at 1 the
-  samples' variance falls to ~0.5). Checked on what the model diffuses: actions (DP),
-  observations and actions (Diffuser), observations (Decision Diffuser)."""
+  samples' variance falls to ~0.5). Checked on what the model diffuses."""
   clip = float(config.diffusion.clip_x0)
   if clip <= 0:
     return
-  for f in CLIP_FIELDS[config.model.kind]:
-    x = np.asarray(getattr(trans_n, f))
-    top = float(np.max(np.abs(x))) if x.size else 0.0
+  for f, top in field_ranges(config, trans_n).items():
     if top > clip * (1 + 1e-5):
       raise ValueError(
           f"config.diffusion.clip_x0={clip:g} cuts the normalised data: the dataset's {f} "
