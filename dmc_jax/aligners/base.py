@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dmc_jax.aligners import rewards
 from dmc_jax.diffusion.chain import Chain, Inpaint
 from dmc_jax.finite import all_finite, keep_if_finite
 from dmc_jax.networks import lora as lora_lib
@@ -212,7 +213,6 @@ def make_q_reward(sampling, q_fn: Callable) -> Callable:
   """``reward(params, critic_params, x_0 [B, ...], hist [B, K, O]) -> [B]``: the clipped
   double (min over heads) Q-value of the sample's first action at the current observation.
   :func:`dmc_jax.aligners.rewards.make_reward` has the plan-level and pessimistic ones."""
-  from dmc_jax.aligners import rewards
   return rewards.make_reward(sampling, q_fn, kind="first")
 
 

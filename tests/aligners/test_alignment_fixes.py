@@ -137,7 +137,6 @@ class DeployedSamplerTest(absltest.TestCase):
     c = c.copy_and_resolve_references()
     c.align.rl.stochastic_scale, c.align.rl.min_std = 0.7, 0.05
     deployed = align_lib.deployed_dmc(c, dmc)
-    pg = rl.make_policy_gradient_aligner  # its sampler: gen.sample + stochastic knobs
     x_T = jax.random.normal(jax.random.key(1), (4, dmc.horizon, ACT))
     cond = hist.reshape(4, -1)
     key = jax.random.key(2)
@@ -153,7 +152,6 @@ class DeployedSamplerTest(absltest.TestCase):
     p1 = deployed.propose(params, jax.random.key(3), hist, 2).actions
     p2 = dmc.propose(params, jax.random.key(3), hist, 2).actions
     self.assertGreater(float(jnp.max(jnp.abs(p1 - p2))), 1e-3)
-    del pg
     # deploy_sampler="config" keeps the configured sampler (and the job reports both).
     c.align.deploy_sampler = "config"
     same = align_lib.deployed_dmc(c, dmc).sampling.gen.sample(params, key, x_T, cond).x_0
