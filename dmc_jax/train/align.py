@@ -328,10 +328,16 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   # Held-out contexts of the tracked reward: fixed for the whole run.
   track_hist = ep_lib.sample_segments(k_track, seg_data, a.track_contexts, dmc.horizon,
                                       dmc.history).history
-  tracker = jax.jit(lambda lora, cp: _track(dmc, reward_fn, base_params, lora, cp, scale,
-                                            jax.random.fold_in(k_track, 1), track_hist))
-  contexts = jax.jit(lambda u: ep_lib.sample_segments(
-      jax.random.fold_in(k_ctx, u), seg_data, a.batch_size, dmc.horizon, dmc.history).history)
+  track = jax.jit(lambda lora, cp: _track(dmc, reward_fn, base_params, lora, cp, scale,
+                                          jax.random.fold_in(k_track, 1), track_hist))
+  # One placement for every call, so that it compiles once (see ``parallelize_chunk``).
+  tracker = lambda lora, cp: track(*jax.device_put((lora, cp), jax.local_devices()[0]))
+  def batch_fn(u, poison):
+    """The contexts of update ``u`` (traced inside the compiled chunk); ``poison`` is 1, or
+    NaN for a chunk listed in ``align.inject_nan_chunks`` (a test of the NaN guard)."""
+    return {"hist": ep_lib.sample_segments(jax.random.fold_in(k_ctx, u), seg_data,
+                                           a.batch_size, dmc.horizon, dmc.history).history
+            * poison}
   n_dev = len(jax.local_devices()) if a.parallel != "none" else 1
   sharding.check_batch(a.batch_size, n_dev)
 
@@ -355,9 +361,9 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
     k = (name, pass_idx if name == "rl" and a.rl.method == "qgrad" else 0)
     if k not in updates:
       aligner, tx = build_aligner(config, name, dmc, reward_fn, pass_idx, None)
-      fn, _ = sharding.parallelize(
+      fn, _ = sharding.parallelize_chunk(
           lambda ax: build_aligner(config, name, dmc, reward_fn, pass_idx, ax)[0].update,
-          a.parallel)
+          a.parallel, batch_fn, a.updates_per_chunk)
       updates[k] = (aligner, tx, fn)
     return updates[k]
 
@@ -405,15 +411,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
         tree = dict(tree, visit_start=st.params)
       st = base_lib.set_learning_rate(st, stage_lr(config, name) * sched.lr_scale)
       critic_params = (tree["critic"].q.params, tree["critic"].v.params)
-      chunk_m = []
       chunk_no = done_updates // a.updates_per_chunk + 1
       poison = np.float32(np.nan if chunk_no in tuple(a.inject_nan_chunks) else 1.0)
-      for i in range(a.updates_per_chunk):
-        u = done_updates + i
-        st, m = update(st, base_params, critic_params, {"hist": contexts(u) * poison},
-                       jax.random.fold_in(k_upd, u))
-        chunk_m.append(m)
-      m = {k: np.asarray([float(x[k]) for x in chunk_m]) for k in chunk_m[0]}
+      # One compiled scan over the chunk's updates, one host sync for its metrics.
+      st, m = update(st, base_params, critic_params, k_upd, np.int32(done_updates), poison)
+      m = {k: np.asarray(v, np.float64) for k, v in jax.device_get(m).items()}
       bad = m["nonfinite"] > 0
       summary = {k: float(v[~bad].mean()) if (~bad).any() else float("nan")
                  for k, v in m.items() if k != "nonfinite"}
@@ -481,7 +483,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   cascade = None
   if a.cascade.enabled:
     cascade = train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale,
-                                contexts, key, writer)
+                            batch_fn, key, writer)
   return {"lora": tree["state"].params, "critic_state": tree["critic"], "cascade": cascade,
           "curve": curve_pts, "decisions": decisions.rows(), "lora_scale": scale}
 
@@ -496,9 +498,10 @@ def _track(dmc, reward_fn, base_params, lora, critic_params, scale, key, hist):
   return reward_fn(params, critic_params, smp.x_0, hist)
 
 
-def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, contexts, key,
+def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, batch_fn, key,
                   writer):
-  """Trains the cascade on pairs from the aligned model (own checkpoint, resumable)."""
+  """Trains the cascade on pairs from the aligned model (own checkpoint, resumable), one
+  compiled chunk of ``align.updates_per_chunk`` updates per checkpoint."""
   from dmc_jax.train import builders
   c = config.align.cascade
   first = base_lib.aligned_params(dmc.sampling, base_params, tree["state"].params, scale)
@@ -508,11 +511,19 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, con
       num_candidates=c.num_candidates, passes=c.passes, lora_rank=config.align.lora_rank)
   tx = base_lib.make_optimizer(c.lr)
   k_init, k_upd = jax.random.split(jax.random.fold_in(key, 7))
-  state = spec.init(k_init, first, tx, contexts(0)[:1])
+  state = spec.init(k_init, first, tx, batch_fn(0, 1.0)["hist"][:1])
   crit = (tree["critic"].q.params, tree["critic"].v.params)
-  update, _ = sharding.parallelize(
-      lambda ax: spec.make_update(reward_fn, tx, lora_scale=scale, axis_name=ax),
-      config.align.parallel)
+  # The cascade's contexts: the alignment's stream, from update 10^7 on.
+  cascade_batch = lambda u, aux: batch_fn(10_000_000 + u, aux)
+  chunks = {}
+
+  def get_chunk(n):
+    if n not in chunks:
+      chunks[n] = sharding.parallelize_chunk(
+          lambda ax: spec.make_update(reward_fn, tx, lora_scale=scale, axis_name=ax),
+          config.align.parallel, cascade_batch, n)[0]
+    return chunks[n]
+
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "cascade"),
                                  max_to_keep=config.train.keep_checkpoints)
   try:
@@ -522,13 +533,11 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, con
     writer.rewind(lambda r: not any(k.startswith("cascade/") for k in r) or r["step"] <= start)
     chunk = config.align.updates_per_chunk
     for done in range(start, c.updates, chunk):
-      ms = []
-      for u in range(done, min(done + chunk, c.updates)):
-        state, m = update(state, first, crit, {"hist": contexts(10_000_000 + u)},
-                          jax.random.fold_in(k_upd, u))
-        ms.append({k: float(v) for k, v in m.items()})
       step = min(done + chunk, c.updates)
-      summary = {k: float(np.mean([x[k] for x in ms])) for k in ms[0]}
+      state, m = get_chunk(step - done)(state, first, crit, k_upd, np.int32(done),
+                                        np.float32(1.0))
+      summary = {k: float(np.mean(np.asarray(v, np.float64)))
+                 for k, v in jax.device_get(m).items()}
       writer.write_scalars(step, {f"cascade/{k}": v for k, v in summary.items()})
       print(f"cascade {step}/{c.updates}: loss {summary['loss']:.4f} kept "
             f"{summary['kept']:.2f} gain {summary['gain']:.4f}", flush=True)

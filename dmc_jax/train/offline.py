@@ -393,6 +393,10 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
     return metrics, out["returns"]
 
   def wrapped(params, critic_params, key, num_episodes):
+    # One placement for every call (the aligned params come back replicated over the
+    # alignment's mesh, the reference's uncommitted): otherwise each compiles again.
+    params, critic_params, key = jax.device_put((params, critic_params, key),
+                                                jax.local_devices()[0])
     metrics, returns = evaluate(params, critic_params, key, num_episodes)
     return {k: float(v) for k, v in metrics.items()}, {"return": np.asarray(returns)}
   return wrapped
@@ -405,6 +409,7 @@ def _gym_evaluator(config, dmc, act, env_info):
   act_jit = jax.jit(act)
 
   def evaluate(params, critic_params, key, num_episodes):
+    params, critic_params = jax.device_put((params, critic_params), jax.local_devices()[0])
     fn = lambda k, hist: act_jit(params, critic_params, k, jnp.asarray(hist))[0]
     out = gym_rollout.rollout_gym(lambda: gym.make(spec), fn, key, num_episodes=num_episodes,
                                   max_steps=config.env.max_steps, history=dmc.history,

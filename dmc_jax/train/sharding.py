@@ -18,6 +18,7 @@ state, params and key replicated and every leaf of ``batch`` split along its fir
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -71,6 +72,74 @@ def parallelize(build: Callable, mode: str, devices: Optional[Sequence] = None):
   def update(state, base, critic, batch, key):
     return sharded(state, base, critic, jax.device_put(batch, batch_sharding), key)
   return update, n
+
+
+def parallelize_chunk(build: Callable, mode: str, batch_fn: Callable, num_updates: int,
+                      devices: Optional[Sequence] = None):
+  """``num_updates`` updates as one compiled ``lax.scan`` (one dispatch per chunk).
+
+  ``build(axis_name) -> update`` as for :func:`parallelize`; ``batch_fn(u, aux) -> batch``
+  makes the *global* batch of update ``u`` inside the compiled program (traceable; ``aux`` is
+  passed through, e.g. a NaN-injection factor). Update ``u = u0 + i`` draws its batch from
+  ``batch_fn(u, aux)`` and its key from ``fold_in(key, u)``: the same batches and keys as
+  calling :func:`parallelize`'s update once per ``u`` from Python, so the numbers are the
+  same (tested bit for bit on CPU). Under ``pmap`` / ``shard_map`` every device builds the
+  global batch (cheap: a gather from the dataset) and keeps its own slice, so nothing is
+  transferred per update.
+
+  Returns ``(chunk, num_devices)``; ``chunk(state, base, critic, key, u0, aux) -> (state,
+  metrics)`` with every metric stacked over the chunk (``[num_updates]``). The arguments are
+  placed on one canonical sharding (committed to the first device, or replicated over the
+  mesh) before the call: a jitted function compiles again for every new input placement,
+  and the state comes back from a chunk, a fresh learning rate, or a restored checkpoint
+  with three different ones (that had made every stage compile its update 2-3 times).
+  """
+  if mode not in PARALLEL:
+    raise ValueError(f"parallel mode must be one of {PARALLEL}, got {mode!r}")
+  if num_updates < 1:
+    raise ValueError(f"a chunk needs at least one update, got num_updates={num_updates}")
+  devices = list(devices if devices is not None else jax.local_devices())
+  n = 1 if mode == "none" else len(devices)
+  axis = None if mode == "none" else DATA
+  update = build(axis) if mode == "none" else _invariant_metrics(build(DATA))
+
+  def local(x):
+    if axis is None:
+      return x
+    b = x.shape[0] // n
+    return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(DATA) * b, b)
+
+  def chunk(state, base, critic, key, u0, aux):
+    def body(st, i):
+      u = u0 + i
+      batch = jax.tree.map(local, batch_fn(u, aux))
+      return update(st, base, critic, batch, jax.random.fold_in(key, u))
+    return jax.lax.scan(body, state, jnp.arange(num_updates, dtype=jnp.int32))
+
+  if mode == "none":
+    compiled = jax.jit(chunk)
+
+    def run_one(*args):
+      return compiled(*jax.device_put(args, devices[0]))
+    return run_one, 1
+  if mode == "pmap":
+    # pmap needs one mapped argument: the device index (unused; ``axis_index`` slices).
+    mapped = jax.pmap(lambda d, *args: chunk(*args), axis_name=DATA,
+                      in_axes=(0,) + (None,) * 6, devices=devices)
+
+    def run(state, base, critic, key, u0, aux):
+      args = jax.device_put((state, base, critic, key, u0, aux), devices[0])
+      out = mapped(np.arange(n), *args)
+      return jax.tree.map(lambda x: x[0], out)
+    return run, n
+  mesh = make_mesh(devices)
+  sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=(P(),) * 6,
+                                  out_specs=(P(), P()), check_vma=False))
+  replicated = NamedSharding(mesh, P())
+
+  def run_sharded(*args):
+    return sharded(*jax.device_put(args, replicated))
+  return run_sharded, n
 
 
 def check_batch(batch_size: int, num_devices: int, key: str = "align.batch_size") -> None:

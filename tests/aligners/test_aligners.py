@@ -1,5 +1,6 @@
 """Aligner updates: device-split invariance (1 device = pmap = shard_map on 4), PPO ratio at
 the old params, truncation K, the cascade's conditioning and warm start."""
+import contextlib
 import functools
 
 import jax
@@ -90,6 +91,70 @@ class DeviceSplitTest(parameterized.TestCase):
       self.assertLess(rel, 2e-3, f"{name} {mode}")
       self.assertAlmostEqual(float(out["none"][1]["loss"]), float(out[mode][1]["loss"]),
                              delta=1e-4 * (1 + abs(float(out["none"][1]["loss"]))))
+
+
+LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # jax.monitoring
+
+
+@contextlib.contextmanager
+def count_lowerings():
+  """Collects the names of the functions JAX lowers (traces to MLIR) inside the block: one
+  per compilation, persistent-cache hits included."""
+  names = []
+
+  def listener(event, duration, **kw):
+    if event == LOWERING_EVENT:
+      names.append(kw.get("fun_name"))
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield names
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+class CompiledChunkTest(parameterized.TestCase):
+  """``parallelize_chunk`` (one ``lax.scan`` over a chunk, batches built inside) gives the
+  numbers of one Python-dispatched update per step, bit for bit on CPU, in every mode."""
+
+  def test_scanned_chunk_equals_update_loop(self, name="reinforce",
+                                            modes=("none", "pmap", "shard_map")):
+    _, dmc, params, critic, reward, hist = setup()
+    tx = sgd()
+    build = lambda ax: BUILDERS[name](dmc.sampling, reward, tx, ax)
+    state = perturbed(build(None).init(jax.random.key(4), params))
+    pool = jnp.concatenate([hist, -hist, 0.5 * hist])  # batches differ update to update
+    batch_fn = lambda u, aux: {"hist": jnp.roll(pool, u, axis=0)[:8] * aux}
+    key, u0, n = jax.random.key(11), 5, 3
+    chunks = {}
+    for mode in modes:
+      update, _ = sharding.parallelize(lambda ax: build(ax).update, mode)
+      loop_state, loop_m = jax.tree.map(jnp.copy, state), []
+      for u in range(u0, u0 + n):
+        loop_state, m = update(loop_state, params, critic, batch_fn(u, np.float32(1.0)),
+                               jax.random.fold_in(key, u))
+        loop_m.append(m)
+      chunk, _ = sharding.parallelize_chunk(lambda ax: build(ax).update, mode, batch_fn, n)
+      chunks[mode] = chunk
+      chunk_state, chunk_m = chunk(jax.tree.map(jnp.copy, state), params, critic, key,
+                                   np.int32(u0), np.float32(1.0))
+      for x, y in zip(jax.tree.leaves(loop_state), jax.tree.leaves(chunk_state)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=f"{name} {mode}")
+      self.assertEqual(chunk_m["loss"].shape, (n,))
+      np.testing.assert_array_equal(np.asarray(chunk_m["loss"]),
+                                    np.asarray([m["loss"] for m in loop_m]))
+      # The keys and batches really vary: the three losses differ.
+      self.assertEqual(len(set(np.asarray(chunk_m["loss"]).tolist())), n)
+      # The next chunks (a state from a chunk, a fresh learning rate in it) do not compile
+      # the chunk again: every call places its arguments the same way.
+      with count_lowerings() as lowered:
+        st = base.set_learning_rate(chunk_state, 0.5)
+        st, _ = chunk(st, params, critic, key, np.int32(u0 + n), np.float32(1.0))
+        st = base.set_learning_rate(st, 0.25)
+        chunk(st, params, critic, key, np.int32(u0 + 2 * n), np.float32(1.0))
+      self.assertEqual(lowered, [], mode)
+    # The NaN-injection factor reaches the batch: the chunk's updates are all non-finite.
+    _, m = chunks["none"](state, params, critic, key, np.int32(u0), np.float32(np.nan))
+    self.assertTrue(bool(np.all(np.asarray(m["nonfinite"]) > 0)))
 
 
 class PolicyGradientTest(parameterized.TestCase):
