@@ -13,5 +13,10 @@ def all_finite(*trees) -> jax.Array:
 
 
 def keep_if_finite(ok, new, old):
-  """``new`` where ``ok`` else ``old``, leaf by leaf (a skipped update)."""
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  """``new`` if ``ok`` else ``old`` (a skipped update), as one ``lax.cond`` on the scalar.
+
+  Not ``jnp.where`` leaf by leaf: XLA:CPU fuses the per-leaf selects with the optimiser
+  update and the finiteness reductions, and the Diffuser U-Net's train step then took
+  5-10 minutes to compile (39 s without the guard, 52 s with this ``cond``; BUILD_NOTES.md).
+  """
+  return jax.lax.cond(ok, lambda: new, lambda: old)
