@@ -7,6 +7,11 @@ divided by a float32 1024x1024 matmul measured in the same process.
 
   python -m launch.benchmark                      # everything (~5 min on 2 CPU cores)
   python -m launch.benchmark --cases=mlp --repeats=3 --json=/tmp/bench.json
+  python -m launch.benchmark --cases=align --repeats=2   # alignment updates/s per aligner
+
+The ``align`` case times one compiled alignment chunk (``align.updates_per_chunk`` updates
+as one ``lax.scan``, as the job runs them) of each aligner on the Nav1D models with the
+default config's sizes; ``time_s`` is per update (``updates_per_s`` = 1 / time_s).
 """
 import functools
 import json
@@ -27,6 +32,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("cases", ["unet", "dit", "mlp", "decision"], "Which cases to run.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per figure (median reported).")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+flags.DEFINE_list("align_models", ["dp", "diffuser"], "align case: Nav1D models (default "
+                  "config sizes) whose aligners are timed.")
+flags.DEFINE_list("align_stages", ["rl", "dpo", "sft"], "align case: aligners timed.")
+flags.DEFINE_integer("align_chunk", 5, "align case: updates per compiled chunk (timed).")
 
 # CleanDiffuser reference on a 2-core CPU (torch 2.13, 2 threads), from PERF_TARGETS.md:
 # (reference seconds [midpoint of the range], target speed-up).
@@ -183,7 +192,53 @@ def run_decision(repeats):
   return networks.param_count(params), {"decision/16x20+Q": out}
 
 
-RUNNERS = {"unet": run_unet, "dit": run_dit, "mlp": run_mlp, "decision": run_decision}
+def run_align(repeats):
+  """Seconds per alignment update (one compiled chunk of ``--align_chunk`` updates, timed
+  whole) for every aligner in ``--align_stages`` and model in ``--align_models``."""
+  from configs import nav1d as nav1d_config
+  from dmc_jax.envs import nav1d
+  from dmc_jax.train import align as align_lib, builders, sharding
+  obs_dim, act_dim = nav1d.OBS_DIM, nav1d.ACT_DIM
+  res, n_params = {}, 0
+  for model in FLAGS.align_models:
+    c = nav1d_config.get_config(f"{model},full")
+    c.diffusion.clip_x0 = 1.0  # the job resolves the auto clip from the data; none here
+    dmc = builders.make_dmc(c, obs_dim, act_dim)
+    params = dmc.init(jax.random.key(0))
+    n_params = max(n_params, networks.param_count(params))
+    crit = builders.make_critic(c)
+    q_mod, v_mod, q_fn, v_fn = crit[:4]
+    qp = q_mod.init(jax.random.key(1), jnp.zeros((1, obs_dim)), jnp.zeros((1, act_dim)))
+    vp = v_mod.init(jax.random.key(2), jnp.zeros((1, obs_dim)))
+    critic = (qp["params"], vp["params"])
+    deployed = align_lib.deployed_dmc(c, dmc)
+    reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn)
+    shape = (c.align.batch_size, dmc.history, obs_dim)
+    batch_fn = lambda u, aux, shape=shape: {"hist": aux * jax.random.uniform(
+        jax.random.fold_in(jax.random.key(5), u), shape, minval=-1.0, maxval=1.0)}
+    n = FLAGS.align_chunk
+    for name in FLAGS.align_stages:
+      aligner, _ = align_lib.build_aligner(c, name, deployed, reward, 0, None)
+      chunk, _ = sharding.parallelize_chunk(
+          lambda ax: align_lib.build_aligner(c, name, deployed, reward, 0, ax)[0].update,
+          "none", batch_fn, n)
+      state = aligner.init(jax.random.key(3), params)
+      args = [params, critic, jax.random.key(4), np.int32(0), np.float32(1.0)]
+      t0 = time.perf_counter()
+      state, _ = _block(chunk(state, *args))  # the first call compiles
+      compile_s = time.perf_counter() - t0
+      times = []
+      for r in range(repeats):
+        t0 = time.perf_counter()
+        state, _ = _block(chunk(state, *args[:3], np.int32((r + 1) * n), args[4]))
+        times.append((time.perf_counter() - t0) / n)
+      res[f"align/{model}/{name}"] = (compile_s - statistics.median(times) * n,
+                                      statistics.median(times), 0.0)
+  return n_params, res
+
+
+RUNNERS = {"unet": run_unet, "dit": run_dit, "mlp": run_mlp, "decision": run_decision,
+           "align": run_align}
 
 
 def main(argv):
@@ -200,6 +255,8 @@ def main(argv):
     for case, (compile_s, sec, flops) in res.items():
       row = {"compile_s": compile_s, "time_s": sec, "gflops": flops / 1e9,
              "peak_frac": (flops / sec) / peak if flops else None}
+      if case.startswith("align/"):
+        row["updates_per_s"] = 1.0 / sec
       if case in REFERENCE:
         ref, target = REFERENCE[case]
         row.update(reference_s=ref, speedup=ref / sec, target_speedup=target,
@@ -215,8 +272,9 @@ def main(argv):
     sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
     tg = (f"{r['target_speedup']:.1f}x" + (" ok" if r["meets_target"] else " NO")
           if "target_speedup" in r else "-")
+    ups = f"  ({r['updates_per_s']:.2f} updates/s)" if "updates_per_s" in r else ""
     print(f"{case:28s} {r['compile_s']:9.2f} {1e3 * r['time_s']:9.2f} {frac:>6s} {ref:>8s} "
-          f"{sp:>8s} {tg:>6s}")
+          f"{sp:>8s} {tg:>6s}{ups}")
   print(json.dumps(results))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
