@@ -330,8 +330,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                                       dmc.history).history
   track = jax.jit(lambda lora, cp: _track(dmc, reward_fn, base_params, lora, cp, scale,
                                           jax.random.fold_in(k_track, 1), track_hist))
-  # One placement for every call, so that it compiles once (see ``parallelize_chunk``).
-  tracker = lambda lora, cp: track(*jax.device_put((lora, cp), jax.local_devices()[0]))
+  # One placement for every call, so that it compiles once.
+  tracker = lambda lora, cp: track(*sharding.on_first_device((lora, cp)))
   def batch_fn(u, poison):
     """The contexts of update ``u`` (traced inside the compiled chunk); ``poison`` is 1, or
     NaN for a chunk listed in ``align.inject_nan_chunks`` (a test of the NaN guard)."""

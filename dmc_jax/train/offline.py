@@ -33,6 +33,7 @@ from dmc_jax.networks.temporal_unet import check_horizon
 from dmc_jax.train import builders
 from dmc_jax.train import checkpoint
 from dmc_jax.train import logging as logging_lib
+from dmc_jax.train import sharding
 from dmc_jax.train import step as step_lib
 
 
@@ -395,8 +396,7 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
   def wrapped(params, critic_params, key, num_episodes):
     # One placement for every call (the aligned params come back replicated over the
     # alignment's mesh, the reference's uncommitted): otherwise each compiles again.
-    params, critic_params, key = jax.device_put((params, critic_params, key),
-                                                jax.local_devices()[0])
+    params, critic_params, key = sharding.on_first_device((params, critic_params, key))
     metrics, returns = evaluate(params, critic_params, key, num_episodes)
     return {k: float(v) for k, v in metrics.items()}, {"return": np.asarray(returns)}
   return wrapped
@@ -409,7 +409,7 @@ def _gym_evaluator(config, dmc, act, env_info):
   act_jit = jax.jit(act)
 
   def evaluate(params, critic_params, key, num_episodes):
-    params, critic_params = jax.device_put((params, critic_params), jax.local_devices()[0])
+    params, critic_params = sharding.on_first_device((params, critic_params))
     fn = lambda k, hist: act_jit(params, critic_params, k, jnp.asarray(hist))[0]
     out = gym_rollout.rollout_gym(lambda: gym.make(spec), fn, key, num_episodes=num_episodes,
                                   max_steps=config.env.max_steps, history=dmc.history,

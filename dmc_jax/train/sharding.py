@@ -74,6 +74,14 @@ def parallelize(build: Callable, mode: str, devices: Optional[Sequence] = None):
   return update, n
 
 
+def on_first_device(tree):
+  """``tree`` committed to the first local device: the one placement that single-device
+  programs (evaluators, the tracked reward) get, whether a leaf is fresh, restored, or
+  replicated over the alignment's mesh. A jitted function compiles again for every new
+  input placement (committed and uncommitted count as different)."""
+  return jax.device_put(tree, jax.local_devices()[0])
+
+
 def parallelize_chunk(build: Callable, mode: str, batch_fn: Callable, num_updates: int,
                       devices: Optional[Sequence] = None):
   """``num_updates`` updates as one compiled ``lax.scan`` (one dispatch per chunk).
