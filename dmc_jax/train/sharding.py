@@ -74,6 +74,17 @@ def parallelize(build: Callable, mode: str, devices: Optional[Sequence] = None):
   return update, n
 
 
+def _placed(fn, placement):
+  """``fn`` with its arguments put on ``placement`` (a sharding or device, or a tuple of
+  them per argument) before every call. A jitted function compiles again for every new
+  input placement (committed and uncommitted count as different), and a state comes back
+  from an update, a fresh learning rate, or a restored checkpoint with different ones: this
+  gives each program one placement, so it compiles once."""
+  def call(*args):
+    return fn(*jax.device_put(args, placement))
+  return call
+
+
 def on_first_device(tree):
   """``tree`` committed to the first local device: the one placement that single-device
   programs (evaluators, the tracked reward) get, whether a leaf is fresh, restored, or
@@ -96,11 +107,9 @@ def parallelize_chunk(build: Callable, mode: str, batch_fn: Callable, num_update
   transferred per update.
 
   Returns ``(chunk, num_devices)``; ``chunk(state, base, critic, key, u0, aux) -> (state,
-  metrics)`` with every metric stacked over the chunk (``[num_updates]``). The arguments are
-  placed on one canonical sharding (committed to the first device, or replicated over the
-  mesh) before the call: a jitted function compiles again for every new input placement,
-  and the state comes back from a chunk, a fresh learning rate, or a restored checkpoint
-  with three different ones (that had made every stage compile its update 2-3 times).
+  metrics)`` with every metric stacked over the chunk (``[num_updates]``). It places its
+  arguments on one sharding before each call (see :func:`_placed`; without it every stage
+  had compiled its update 2-3 times).
   """
   if mode not in PARALLEL:
     raise ValueError(f"parallel mode must be one of {PARALLEL}, got {mode!r}")
@@ -125,29 +134,19 @@ def parallelize_chunk(build: Callable, mode: str, batch_fn: Callable, num_update
     return jax.lax.scan(body, state, jnp.arange(num_updates, dtype=jnp.int32))
 
   if mode == "none":
-    compiled = jax.jit(chunk)
-
-    def run_one(*args):
-      return compiled(*jax.device_put(args, devices[0]))
-    return run_one, 1
+    return _placed(jax.jit(chunk), devices[0]), 1
   if mode == "pmap":
     # pmap needs one mapped argument: the device index (unused; ``axis_index`` slices).
     mapped = jax.pmap(lambda d, *args: chunk(*args), axis_name=DATA,
                       in_axes=(0,) + (None,) * 6, devices=devices)
 
-    def run(state, base, critic, key, u0, aux):
-      args = jax.device_put((state, base, critic, key, u0, aux), devices[0])
-      out = mapped(np.arange(n), *args)
-      return jax.tree.map(lambda x: x[0], out)
-    return run, n
+    def run(*args):
+      return jax.tree.map(lambda x: x[0], mapped(np.arange(n), *args))
+    return _placed(run, devices[0]), n
   mesh = make_mesh(devices)
   sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=(P(),) * 6,
                                   out_specs=(P(), P()), check_vma=False))
-  replicated = NamedSharding(mesh, P())
-
-  def run_sharded(*args):
-    return sharded(*jax.device_put(args, replicated))
-  return run_sharded, n
+  return _placed(sharded, NamedSharding(mesh, P())), n
 
 
 def check_batch(batch_size: int, num_devices: int, key: str = "align.batch_size") -> None:
