@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.reward = "plan_q"  # first | plan_q | plan_return_v (planners; a DP that executes
   # one action has no plan: every kind is Q of that action)
   c.align.dynamics_coef = 0.0  # planners on Nav1D: penalty x mean |T(s, a) - s'| of the plan
+  # (get_config sets NAV1D_PLANNER_DYNAMICS_COEF for Nav1D planners; no model elsewhere)
   c.align.deploy_sampler = "rl"  # rl: align and evaluate with the RL stage's stochastic
   # sampler (the policy optimised is the policy deployed) | config: diffusion.ddim_eta (the
   # RL sampler's after-rows are reported beside it)
@@ -213,6 +214,12 @@ def apply_smoke(c):
   return c
 
 
+# The dynamics-consistency weight of every Nav1D planner cell (Diffuser and DD), chosen by a
+# sweep on Diffuser `full` (BUILD_NOTES, issue #14): 0 / 20 / 80 / 250 kept 17 / 51 / 68 / 91 %
+# of the pretrained plan coherency; 250 is the smallest that keeps >= 80 %.
+NAV1D_PLANNER_DYNAMICS_COEF = 250.0
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts, smoke = parse_arg(arg)
   model = parts[0] if parts else "dp"
@@ -221,4 +228,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"config arg {arg!r}: expected MODEL,DATASET[,smoke]")
   c = apply_model(base_config(), model)
   c.data.dataset = dataset
+  if c.model.kind in ("diffuser", "decision_diffuser"):  # Nav1D's known model
+    c.align.dynamics_coef = NAV1D_PLANNER_DYNAMICS_COEF
   return apply_smoke(c) if smoke else c

@@ -8,10 +8,22 @@ divided by a float32 1024x1024 matmul measured in the same process.
   python -m launch.benchmark                      # everything (~5 min on 2 CPU cores)
   python -m launch.benchmark --cases=mlp --repeats=3 --json=/tmp/bench.json
   python -m launch.benchmark --cases=align --repeats=2   # alignment updates/s per aligner
+  python -m launch.benchmark --cases=eval,memory          # jitted vs Python-loop evaluation;
+                                                          # Q-gradient step memory vs K and T
+  python -m launch.benchmark --cases=e2e --repeats=1      # wall-clock of whole jobs (slow)
 
 The ``align`` case times one compiled alignment chunk (``align.updates_per_chunk`` updates
 as one ``lax.scan``, as the job runs them) of each aligner on the Nav1D models with the
 default config's sizes; ``time_s`` is per update (``updates_per_s`` = 1 / time_s).
+
+``eval`` times a whole Nav1D evaluation (64 episode seeds x 32 steps, DP with 16 candidates
+and IDQL argmax, and with 1, the env in JAX) compiled as one program, against the same model and env
+stepped from a Python loop (the policy jitted and called once per step, the 64 envs stepped
+one by one, as a gymnasium vector env does); both use the same keys, and the returns must
+agree. ``memory`` compiles one Q-gradient alignment update (DP, the default sizes) for
+sampling chains of T steps with gradients through the last K, and reports XLA's temporary
+buffer size (``memory_analysis``; no timing). ``e2e`` runs whole jobs (``--e2e_configs``)
+in a subprocess with a cold compilation cache and reports their wall-clock and phases.
 """
 import functools
 import json
@@ -36,6 +48,11 @@ flags.DEFINE_list("align_models", ["dp", "diffuser"], "align case: Nav1D models 
                   "config sizes) whose aligners are timed.")
 flags.DEFINE_list("align_stages", ["rl", "dpo", "sft"], "align case: aligners timed.")
 flags.DEFINE_integer("align_chunk", 5, "align case: updates per compiled chunk (timed).")
+flags.DEFINE_list("e2e_configs", ["configs/default.py", "configs/nav1d_diffuser.py:full"],
+                  "e2e case: configs of the whole jobs timed (launch.train, cold cache).")
+flags.DEFINE_list("memory_steps", ["10", "40"], "memory case: chain lengths T.")
+flags.DEFINE_list("memory_k", ["1", "4", "all"], "memory case: gradient steps K (all = K = T, "
+                  "through the whole chain; it is also compiled without rematerialisation).")
 
 # CleanDiffuser reference on a 2-core CPU (torch 2.13, 2 threads), from PERF_TARGETS.md:
 # (reference seconds [midpoint of the range], target speed-up).
@@ -237,8 +254,158 @@ def run_align(repeats):
   return n_params, res
 
 
+def _nav1d_dp(num_candidates=16):
+  """A DP (default Nav1D sizes, random weights) with its critic and IDQL-argmax policy."""
+  from configs import nav1d as nav1d_config
+  from dmc_jax.data import episodes
+  from dmc_jax.envs import nav1d
+  from dmc_jax.models import policy as policy_lib
+  from dmc_jax.train import builders
+  c = nav1d_config.get_config("dp,full")
+  dmc = builders.make_dmc(c, nav1d.OBS_DIM, nav1d.ACT_DIM)
+  q_mod, v_mod, q_fn, v_fn = builders.make_critic(c)[:4]
+  o, a = jnp.zeros((1, nav1d.OBS_DIM)), jnp.zeros((1, nav1d.ACT_DIM))
+  critic = (q_mod.init(jax.random.key(1), o, a)["params"],
+            v_mod.init(jax.random.key(2), o)["params"])
+  ident = lambda d: episodes.Normalizer(jnp.zeros(d), jnp.ones(d))
+  act = policy_lib.make_policy(dmc, obs_norm=ident(nav1d.OBS_DIM), act_norm=ident(
+      nav1d.ACT_DIM), selection="argmax", num_candidates=num_candidates, q_fn=q_fn, v_fn=v_fn,
+      expectile=c.critic.expectile)
+  return c, dmc, dmc.init(jax.random.key(0)), critic, act
+
+
+def run_eval(repeats, num_episodes=64):
+  """A whole Nav1D evaluation as one compiled program vs a Python loop over env steps, with
+  16 candidates (argmax) and with 1 (the sampler alone)."""
+  res = {}
+  for n in (16, 1):
+    n_params, r = _eval_case(repeats, num_episodes, n)
+    res.update(r)
+  return n_params, res
+
+
+def _eval_case(repeats, num_episodes, num_candidates):
+  from dmc_jax.envs import nav1d
+  from dmc_jax.eval import rollout as rollout_lib
+  c, dmc, params, critic, act = _nav1d_dp(num_candidates)
+  env = nav1d.make_params(c.env.task_seed, c.env.horizon, c.env.step_size)
+  T, K = c.env.horizon, dmc.history
+  run = rollout_lib.make_rollout(nav1d.reset, nav1d.step, env, max_steps=T, act_fn=act,
+                                 history=K)
+  key = jax.random.key(7)
+  compile_s, sec, _ = time_fn(lambda p, q, k: run(p, q, k, num_episodes)["returns"],
+                              (params, critic, key), repeats)
+  jit_returns = np.asarray(jax.jit(run, static_argnums=3)(params, critic, key,
+                                                           num_episodes)["returns"])
+
+  act_jit = jax.jit(act)
+  reset_jit = jax.jit(lambda k: jax.vmap(nav1d.reset, (0, None))(k, env))
+  step_jit = jax.jit(lambda k, s, a: nav1d.step(k, s, a, env))
+
+  def python_loop():
+    """The same keys as ``make_rollout`` (so the same episodes), one env at a time."""
+    k_reset, k_run = jax.random.split(key)
+    states, obs = reset_jit(jax.random.split(k_reset, num_episodes))
+    states = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(num_episodes)]
+    hist = np.repeat(np.asarray(obs)[:, None], K, axis=1)
+    alive, ret = np.ones(num_episodes, bool), np.zeros(num_episodes)
+    for t, k_t in enumerate(jax.random.split(k_run, T)):
+      k_act, k_env = jax.random.split(k_t)
+      a = np.asarray(act_jit(params, critic, k_act, jnp.asarray(hist))[0][:, 0])
+      new_obs = np.empty_like(hist[:, -1])
+      for i, k_i in enumerate(jax.random.split(k_env, num_episodes)):
+        states[i], o, r, d = step_jit(k_i, states[i], a[i])
+        new_obs[i] = np.asarray(o)
+        ret[i] += float(r) * alive[i]
+        alive[i] &= not bool(d)
+      hist = np.concatenate([hist[:, 1:], new_obs[:, None]], 1)
+    return ret
+
+  loop_returns = python_loop()  # compiles the policy and the env step
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    python_loop()
+    times.append(time.perf_counter() - t0)
+  loop_s = statistics.median(times)
+  diff = float(np.max(np.abs(loop_returns - jit_returns)))
+  if diff > 1e-3:
+    raise AssertionError(f"eval case: the Python loop's returns differ from the compiled "
+                         f"roll-out's by {diff}: not the same evaluation")
+  name = f"eval/nav1d/{num_episodes}x{T}x{num_candidates}"
+  return networks.param_count(params), {f"{name}/jit": (compile_s, sec, 0.0),
+                                        f"{name}/python_loop": (0.0, loop_s, 0.0)}
+
+
+def run_memory(repeats):
+  """XLA's temporary memory of one Q-gradient update as the chain length T and the
+  gradient steps K grow (compiled only; ``repeats`` unused)."""
+  del repeats
+  from configs import nav1d as nav1d_config
+  from dmc_jax.envs import nav1d
+  from dmc_jax.train import align as align_lib, builders
+  res, n_params = {}, 0
+  grid = [(int(t), k, remat) for t in FLAGS.memory_steps for k in FLAGS.memory_k
+          for remat in ((True, False) if k == "all" else (True,))]
+  for T, k_str, remat in grid:
+    K = T if k_str == "all" else int(k_str)
+    if K > T:
+      continue
+    c = nav1d_config.get_config("dp,full")
+    c.diffusion.train_steps = max(c.diffusion.train_steps, T)
+    c.diffusion.sample_steps = T
+    c.align.rl.method = "qgrad"
+    c.align.rl.num_grad_steps = (K,)
+    dmc = builders.make_dmc(c, nav1d.OBS_DIM, nav1d.ACT_DIM)
+    gen = dmc.sampling.gen
+    dmc = dmc._replace(sampling=dmc.sampling._replace(gen=gen._replace(
+        sample=gen.sample.replace(remat=remat))))
+    q_mod, v_mod, q_fn, v_fn = builders.make_critic(c)[:4]
+    o, a = jnp.zeros((1, nav1d.OBS_DIM)), jnp.zeros((1, nav1d.ACT_DIM))
+    critic = (q_mod.init(jax.random.key(1), o, a)["params"],
+              v_mod.init(jax.random.key(2), o)["params"])
+    params = dmc.init(jax.random.key(0))
+    n_params = max(n_params, networks.param_count(params))
+    reward = align_lib.make_reward_fn(c, dmc, q_fn, v_fn)
+    aligner, _ = align_lib.build_aligner(c, "rl", dmc, reward, 0, None)
+    state = aligner.init(jax.random.key(3), params)
+    batch = {"hist": jnp.zeros((c.align.batch_size, dmc.history, nav1d.OBS_DIM))}
+    t0 = time.perf_counter()
+    compiled = jax.jit(aligner.update).lower(state, params, critic, batch,
+                                             jax.random.key(4)).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    res[f"memory/qgrad/T{T}/K{k_str}" + ("" if remat else "/no_remat")] = (compile_s, 0.0, 0.0,
+                                          {"temp_mib": mem.temp_size_in_bytes / 2 ** 20,
+                                           "args_mib": mem.argument_size_in_bytes / 2 ** 20})
+  return n_params, res
+
+
+def run_e2e(repeats):
+  """Whole jobs (``--e2e_configs``) in a subprocess, cold compilation cache."""
+  del repeats
+  import os
+  import subprocess
+  import sys
+  import tempfile
+  res = {}
+  for cfg in FLAGS.e2e_configs:
+    with tempfile.TemporaryDirectory(prefix="dmc_jax_e2e_") as tmp:
+      env = dict(os.environ, MINARI_DATASETS_PATH=os.path.join(tmp, "minari"))
+      cmd = [sys.executable, "-m", "launch.train", f"--config={cfg}",
+             f"--workdir={os.path.join(tmp, 'work')}", "--compilation_cache=off"]
+      t0 = time.perf_counter()
+      subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+      wall = time.perf_counter() - t0
+      with open(os.path.join(tmp, "work", "results.json")) as f:
+        timing = json.load(f).get("timing_s", {})
+    res[f"e2e/{cfg}"] = (0.0, wall, 0.0, {f"{k}_s": v for k, v in timing.items()})
+  return 0, res
+
+
 RUNNERS = {"unet": run_unet, "dit": run_dit, "mlp": run_mlp, "decision": run_decision,
-           "align": run_align}
+           "align": run_align, "eval": run_eval, "memory": run_memory, "e2e": run_e2e}
 
 
 def main(argv):
@@ -252,9 +419,10 @@ def main(argv):
   for name in FLAGS.cases:
     n_params, res = RUNNERS[name](FLAGS.repeats)
     results["params"][name] = n_params
-    for case, (compile_s, sec, flops) in res.items():
+    for case, (compile_s, sec, flops, *extra) in res.items():
       row = {"compile_s": compile_s, "time_s": sec, "gflops": flops / 1e9,
              "peak_frac": (flops / sec) / peak if flops else None}
+      row.update(extra[0] if extra else {})
       if case.startswith("align/"):
         row["updates_per_s"] = 1.0 / sec
       if case in REFERENCE:
@@ -262,6 +430,11 @@ def main(argv):
         row.update(reference_s=ref, speedup=ref / sec, target_speedup=target,
                    meets_target=bool(ref / sec >= target))
       results["cases"][case] = row
+    for case, row in results["cases"].items():  # the compiled evaluation vs the Python loop
+      loop = results["cases"].get(case.replace("/jit", "/python_loop"))
+      if case.endswith("/jit") and loop:
+        row.update(reference_s=loop["time_s"], speedup=loop["time_s"] / row["time_s"],
+                   target_speedup=10.0, meets_target=bool(loop["time_s"] / row["time_s"] >= 10))
   print(f"# matmul peak: {peak / 1e9:.1f} GFLOP/s  ({results['backend']}, jax {jax.__version__})")
   print("# params: " + ", ".join(f"{k}={v / 1e6:.2f}M" for k, v in results["params"].items()))
   print(f"{'case':28s} {'compile s':>9s} {'time ms':>9s} {'%peak':>6s} {'ref ms':>8s} "
@@ -273,6 +446,8 @@ def main(argv):
     tg = (f"{r['target_speedup']:.1f}x" + (" ok" if r["meets_target"] else " NO")
           if "target_speedup" in r else "-")
     ups = f"  ({r['updates_per_s']:.2f} updates/s)" if "updates_per_s" in r else ""
+    ups += "".join(f"  {k}={v:.1f}" for k, v in r.items() if k.endswith(("_mib", "_s"))
+                   and k not in ("compile_s", "time_s", "reference_s"))
     print(f"{case:28s} {r['compile_s']:9.2f} {1e3 * r['time_s']:9.2f} {frac:>6s} {ref:>8s} "
           f"{sp:>8s} {tg:>6s}{ups}")
   print(json.dumps(results))

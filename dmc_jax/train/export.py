@@ -41,11 +41,13 @@ def _bundle_target(config, obs_dim: int, act_dim: int) -> dict:
                       norm(act_dim))
 
 
-def export(workdir: str, out_dir: str, lora_scale: float = 1.0) -> str:
-  """Writes the artifact of the finished job in ``workdir``; returns ``out_dir``."""
-  path = os.path.join(workdir, "model")
+def export(workdir: str, out_dir: str, lora_scale: float = 1.0, bundle_name: str = "model") -> str:
+  """Writes the artifact of the finished job in ``workdir``; returns ``out_dir``.
+  ``bundle_name="model_reference"`` exports the pretrained (unaligned) model instead."""
+  path = os.path.join(workdir, bundle_name)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{workdir} has no model bundle (model/): has the job finished?")
+    raise FileNotFoundError(f"{workdir} has no model bundle ({bundle_name}/): has the job "
+                            "finished?")
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   ckpt = checkpoint.Checkpointer(path)
