@@ -44,6 +44,19 @@ class ConfigTest(parameterized.TestCase):
     kind = {"diffuser": "diffuser", "dd": "decision_diffuser", "dp": "diffusion_policy"}[model]
     self.assertEqual(cfg.model.kind, kind)
     self.assertEqual(cfg.eval.num_candidates, 8 if model == "dp" else 16)
+    # Nav1D planners align with the dynamics term (its known model); a DP has no plan, and
+    # the validator refuses the term for it.
+    self.assertEqual(cfg.align.dynamics_coef, 0.0 if model == "dp" else 250.0)
+    if model == "dp":
+      cfg.align.dynamics_coef = 250.0
+      with self.assertRaisesRegex(ValueError, "align.dynamics_coef=250.0 is invalid"):
+        loop.validate_config(cfg)
+
+  def test_planners_without_a_known_model_have_no_dynamics_term(self):
+    for arg in ("diffuser", "dd"):
+      cfg = _load("metaworld.py", arg)
+      self.assertEqual(cfg.align.dynamics_coef, 0.0)
+      loop.validate_config(cfg)
 
   def test_bad_values_name_the_key(self):
     cfg = _load("mixture2d.py")
