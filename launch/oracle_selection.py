@@ -57,8 +57,10 @@ def evaluate(out_dir, q_override=None, num_episodes=64):
     config.critic.q_agg = "min"
   ev = offline.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
                               {"dataset_id": config.data.dataset})
+  # The keys of the job's before/after rows (offline._align): the learned-critic
+  # rows reproduce results.json.
   k_eval = jax.random.split(jax.random.key(config.seed), 4)[3]
-  metrics, _ = ev(art.dmc_params, art.critic_params, jax.random.fold_in(k_eval, 1), num_episodes)
+  metrics, _ = ev(art.dmc_params, art.critic_params, jax.random.fold_in(k_eval, 2), num_episodes)
   return metrics
 
 
