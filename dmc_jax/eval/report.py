@@ -99,6 +99,21 @@ def _success(b, a):
   return f" (success {b['success_rate']:.2f} -> {a['success_rate']:.2f})"
 
 
+def verdict(before, after) -> str:
+  """``higher`` / ``lower`` when the two 95 % CIs of the mean do not overlap, else ``same``.
+  Only a ``higher`` after is bolded in the tables."""
+  b_lo = before["return_mean"] - before.get("return_ci95", 0.0)
+  b_hi = before["return_mean"] + before.get("return_ci95", 0.0)
+  a_lo = after["return_mean"] - after.get("return_ci95", 0.0)
+  a_hi = after["return_mean"] + after.get("return_ci95", 0.0)
+  return "higher" if a_lo > b_hi else "lower" if a_hi < b_lo else "same"
+
+
+def _after(b, a) -> str:
+  v = verdict(b, a)
+  return f"**{_ms(a)}**" if v == "higher" else f"{_ms(a)} (lower)" if v == "lower" else _ms(a)
+
+
 def rows_of(runs) -> list:
   """One row per (run, selection)."""
   out = []
@@ -125,7 +140,7 @@ def paper_table(rows) -> str:
     for m, s, sel in cols:
       r = cell.get((data, env, m, s, sel))
       cells.append("-" if r is None else
-                   f"{_ms(r['before'])} -> **{_ms(r['after'])}**"
+                   f"{_ms(r['before'])} -> {_after(r['before'], r['after'])}"
                    f"{_success(r['before'], r['after'])}")
     lines.append(f"| {data} | {env} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -133,8 +148,8 @@ def paper_table(rows) -> str:
 
 def detail_table(rows) -> str:
   lines = ["| dataset | environment | model | sampler | selection | before | after | after 95% CI "
-           "| change | std before -> after | success before -> after | normalised score "
-           "| plan coherency | cascade | reverted visits | time (s) |", "|---" * 16 + "|"]
+           "| change | beyond the CIs | std before -> after | success before -> after | normalised score "
+           "| plan coherency | cascade | reverted visits | time (s) |", "|---" * 17 + "|"]
   for r in rows:
     b, a = r["before"], r["after"]
     succ = (f"{b['success_rate']:.2f} -> {a['success_rate']:.2f}"
@@ -146,8 +161,8 @@ def detail_table(rows) -> str:
     cas = "-" if not r["cascade"] else _ms(r["cascade"])
     lines.append(
         f"| {r['data']} | {r['env']} | {r['model']} | {r['sampler']} | {r['selection']} | "
-        f"{_ms(b)} | **{_ms(a)}** | ± {a['return_ci95']:.2f} | "
-        f"{a['return_mean'] - b['return_mean']:+.2f} | {b['return_std']:.2f} -> "
+        f"{_ms(b)} | {_after(b, a)} | ± {a['return_ci95']:.2f} | "
+        f"{a['return_mean'] - b['return_mean']:+.2f} | {verdict(b, a)} | {b['return_std']:.2f} -> "
         f"{a['return_std']:.2f} | {succ} | {score} | {coh} | {cas} | "
         f"{', '.join(r['reverted']) or '-'} | {r['time']:.0f} |")
   return "\n".join(lines) + "\n"
@@ -162,7 +177,9 @@ def summary(rows) -> dict:
             if "success_rate" in r["before"]]
   out = {"rows": len(rows), "return_change": float(np.mean(d_mean)),
          "std_change": float(np.mean(d_std)),
-         "improved": int(sum(d > 0 for d in d_mean))}
+         "improved": int(sum(d > 0 for d in d_mean)),
+         "higher_beyond_ci": int(sum(verdict(r["before"], r["after"]) == "higher" for r in rows)),
+         "lower_beyond_ci": int(sum(verdict(r["before"], r["after"]) == "lower" for r in rows))}
   if d_succ:
     out["success_change"] = float(np.mean(d_succ))
   return out
@@ -171,7 +188,9 @@ def summary(rows) -> dict:
 def summary_text(s) -> str:
   text = (f"Average over {s['rows']} rows: change of the mean return {s['return_change']:+.2f}, "
           f"change of the spread (std) {s['std_change']:+.2f}; the mean rose in "
-          f"{s['improved']} of {s['rows']} rows.")
+          f"{s['improved']} of {s['rows']} rows ({s['higher_beyond_ci']} higher and "
+          f"{s['lower_beyond_ci']} lower with non-overlapping 95 % CIs; only those higher are "
+          "bold).")
   if "success_change" in s:
     text += f" Average change of the success rate: {s['success_change']:+.3f}."
   return text + "\n"

@@ -54,6 +54,7 @@ class ReportTest(absltest.TestCase):
       self.assertEqual((runs[0]["reverted"], runs[1]["reverted"]), ([], ["rl (pass 0)"]))
       out = os.path.join(root, "out")
       text = report.write_report(runs, out)
+      rows = report.rows_of(runs)
       summary = json.load(open(os.path.join(out, "summary.json")))
       self.assertAlmostEqual(summary["return_change"], (30.0 - 2.0 + 10.0) / 3)
       self.assertAlmostEqual(summary["std_change"], (-10.0 + 1.0 - 2.0) / 3)
@@ -64,6 +65,14 @@ class ReportTest(absltest.TestCase):
                     "(success 0.25 -> 0.75) | - |", text)
       self.assertIn("| ars | hopper | 50.00 ± 5.00 -> **60.00 ± 3.00** | - | - |", text)
       self.assertIn("| full | Nav1D |", text)
+      # Bold only beyond the CIs: Nav1D's 8 ± 4 -> 6 ± 5 (CIs overlap) is not bold.
+      self.assertIn("8.00 ± 4.00 -> 6.00 ± 5.00 |", text)
+      self.assertNotIn("**6.00", text)
+      self.assertEqual((summary["higher_beyond_ci"], summary["lower_beyond_ci"]), (2, 0))
+      self.assertEqual(report.verdict(_row(8.0, 1.0), _row(5.0, 1.0)), "lower")
+      self.assertEqual(report.verdict(_row(5.0, 1.0), _row(8.0, 1.0)), "higher")
+      self.assertIn("5.00 ± 1.00 (lower)", report.paper_table(
+          [dict(rows[0], before=_row(8.0, 1.0), after=_row(5.0, 1.0))]))
       self.assertIn("0.50 -> 0.25 | - | rl (pass 0) | 12 |", text)  # coherency, reverted
       self.assertIn("2.0 -> 2.3", text)  # normalised score
       self.assertIn("change of the mean return +12.67", text)
