@@ -14,10 +14,9 @@ import os
 import tempfile
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
-from dmc_jax.envs import nav1d
+from dmc_jax.eval.oracle import oracle_q_fn
 from dmc_jax.train import align, builders, compile_cache, export, offline
 
 FLAGS = flags.FLAGS
@@ -25,23 +24,6 @@ flags.DEFINE_string("workdir", None, "A finished Nav1D job (with model/ and mode
 flags.DEFINE_integer("num_episodes", 64, "Episode seeds (the same for every row).")
 flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 flags.DEFINE_string("compilation_cache", None, "Compilation cache directory, or 'off'.")
-
-
-def oracle_q_fn(config, obs_norm, act_norm):
-  """``q_fn(_, obs [B, O], act [B, A]) -> [1, B]`` (one 'head'), in normalised units like
-  the critic: the DP-optimal Q of the task."""
-  env = nav1d.make_params(config.env.task_seed, config.env.horizon, config.env.step_size)
-  values = jax.jit(nav1d.solve_values)(env)
-  grid = jnp.linspace(-1.0, 1.0, values.shape[1])
-  horizon = config.env.horizon
-
-  def q_fn(_, o, a):
-    obs, act = obs_norm.unnormalize(o), act_norm.unnormalize(a)
-    t = jnp.clip(jnp.round(obs[:, 1] * horizon).astype(jnp.int32), 0, horizon - 1)
-    nxt = nav1d.dynamics(obs[:, 0], act[:, 0], env.step_size)
-    v_next = jax.vmap(lambda n, tt: jnp.interp(n, grid, values[tt + 1]))(nxt, t)
-    return (nav1d.reward(env, t, nxt) + v_next)[None]
-  return q_fn
 
 
 def evaluate(out_dir, q_override=None, num_episodes=64):

@@ -1,4 +1,4 @@
-"""The oracle critic of ``launch.oracle_selection`` is the task's DP-optimal Q."""
+"""The oracle critic (``dmc_jax.eval.oracle``, used by ``launch.oracle_selection``) is the task's DP-optimal Q."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +7,7 @@ from absl.testing import absltest
 from configs import nav1d as nav1d_config
 from dmc_jax.data.episodes import Normalizer
 from dmc_jax.envs import nav1d
-from launch import oracle_selection
+from dmc_jax.eval import oracle
 
 
 class OracleQTest(absltest.TestCase):
@@ -19,7 +19,7 @@ class OracleQTest(absltest.TestCase):
     # Normalisers that are not the identity: the oracle must undo them.
     obs_norm = Normalizer(jnp.array([0.1, 0.5, 0.0, 0.0]), jnp.array([0.9, 0.5, 1.0, 1.0]))
     act_norm = Normalizer(jnp.array([0.2]), jnp.array([2.0]))
-    q_fn = oracle_selection.oracle_q_fn(c, obs_norm, act_norm)
+    q_fn = oracle.oracle_q_fn(c, obs_norm, act_norm)
     grid = np.linspace(-1.0, 1.0, values.shape[1])
     acts = np.linspace(-1.0, 1.0, 81)  # solve_values' own action grid
     for t, i in ((0, 100), (7, 250), (31, 333)):
