@@ -209,6 +209,16 @@ def run_decision(repeats):
   return networks.param_count(params), {"decision/16x20+Q": out}
 
 
+def _nav1d_critic(c):
+  """``(q_fn, v_fn, (q_params, v_params))``: the config's IQL critic, randomly initialised."""
+  from dmc_jax.envs import nav1d
+  from dmc_jax.train import builders
+  q_mod, v_mod, q_fn, v_fn = builders.make_critic(c)[:4]
+  o, a = jnp.zeros((1, nav1d.OBS_DIM)), jnp.zeros((1, nav1d.ACT_DIM))
+  return q_fn, v_fn, (q_mod.init(jax.random.key(1), o, a)["params"],
+                      v_mod.init(jax.random.key(2), o)["params"])
+
+
 def run_align(repeats):
   """Seconds per alignment update (one compiled chunk of ``--align_chunk`` updates, timed
   whole) for every aligner in ``--align_stages`` and model in ``--align_models``."""
@@ -223,11 +233,7 @@ def run_align(repeats):
     dmc = builders.make_dmc(c, obs_dim, act_dim)
     params = dmc.init(jax.random.key(0))
     n_params = max(n_params, networks.param_count(params))
-    crit = builders.make_critic(c)
-    q_mod, v_mod, q_fn, v_fn = crit[:4]
-    qp = q_mod.init(jax.random.key(1), jnp.zeros((1, obs_dim)), jnp.zeros((1, act_dim)))
-    vp = v_mod.init(jax.random.key(2), jnp.zeros((1, obs_dim)))
-    critic = (qp["params"], vp["params"])
+    q_fn, v_fn, critic = _nav1d_critic(c)
     deployed = align_lib.deployed_dmc(c, dmc)
     reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn)
     shape = (c.align.batch_size, dmc.history, obs_dim)
@@ -263,10 +269,7 @@ def _nav1d_dp(num_candidates=16):
   from dmc_jax.train import builders
   c = nav1d_config.get_config("dp,full")
   dmc = builders.make_dmc(c, nav1d.OBS_DIM, nav1d.ACT_DIM)
-  q_mod, v_mod, q_fn, v_fn = builders.make_critic(c)[:4]
-  o, a = jnp.zeros((1, nav1d.OBS_DIM)), jnp.zeros((1, nav1d.ACT_DIM))
-  critic = (q_mod.init(jax.random.key(1), o, a)["params"],
-            v_mod.init(jax.random.key(2), o)["params"])
+  q_fn, v_fn, critic = _nav1d_critic(c)
   ident = lambda d: episodes.Normalizer(jnp.zeros(d), jnp.ones(d))
   act = policy_lib.make_policy(dmc, obs_norm=ident(nav1d.OBS_DIM), act_norm=ident(
       nav1d.ACT_DIM), selection="argmax", num_candidates=num_candidates, q_fn=q_fn, v_fn=v_fn,
@@ -360,10 +363,7 @@ def run_memory(repeats):
     gen = dmc.sampling.gen
     dmc = dmc._replace(sampling=dmc.sampling._replace(gen=gen._replace(
         sample=gen.sample.replace(remat=remat))))
-    q_mod, v_mod, q_fn, v_fn = builders.make_critic(c)[:4]
-    o, a = jnp.zeros((1, nav1d.OBS_DIM)), jnp.zeros((1, nav1d.ACT_DIM))
-    critic = (q_mod.init(jax.random.key(1), o, a)["params"],
-              v_mod.init(jax.random.key(2), o)["params"])
+    q_fn, v_fn, critic = _nav1d_critic(c)
     params = dmc.init(jax.random.key(0))
     n_params = max(n_params, networks.param_count(params))
     reward = align_lib.make_reward_fn(c, dmc, q_fn, v_fn)
@@ -449,7 +449,7 @@ def main(argv):
           if "target_speedup" in r else "-")
     ups = f"  ({r['updates_per_s']:.2f} updates/s)" if "updates_per_s" in r else ""
     ups += "".join(f"  {k}={v:.1f}" for k, v in r.items() if k.endswith(("_mib", "_s"))
-                   and k not in ("compile_s", "time_s", "reference_s"))
+                   and k not in ("compile_s", "time_s", "reference_s", "updates_per_s"))
     print(f"{case:28s} {r['compile_s']:9.2f} {1e3 * r['time_s']:9.2f} {frac:>6s} {ref:>8s} "
           f"{sp:>8s} {tg:>6s}{ups}")
   print(json.dumps(results))
