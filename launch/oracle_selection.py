@@ -13,37 +13,16 @@ import json
 import os
 import tempfile
 
-import jax
 from absl import app, flags
 
 from dmc_jax.eval.oracle import oracle_q_fn
-from dmc_jax.train import align, builders, compile_cache, export, offline
+from dmc_jax.train import compile_cache, export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A finished Nav1D job (with model/ and model_reference/).")
 flags.DEFINE_integer("num_episodes", 64, "Episode seeds (the same for every row).")
 flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 flags.DEFINE_string("compilation_cache", None, "Compilation cache directory, or 'off'.")
-
-
-def evaluate(out_dir, q_override=None, num_episodes=64):
-  art = export.load(out_dir)
-  config = art.config
-  dmc = builders.make_dmc(config, art.obs_norm.shift.shape[0], art.act_norm.shift.shape[0])
-  if config.align.stages:
-    dmc = align.deployed_dmc(config, dmc)
-  _, _, q_fn, v_fn, *_ = builders.make_critic(config)
-  if q_override is not None:
-    q_fn = q_override(config, art.obs_norm, art.act_norm)
-    config = config.copy_and_resolve_references()
-    config.critic.q_agg = "min"
-  ev = offline.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
-                              {"dataset_id": config.data.dataset})
-  # The keys of the job's before/after rows (offline._align): the learned-critic
-  # rows reproduce results.json.
-  k_eval = jax.random.split(jax.random.key(config.seed), 4)[3]
-  metrics, _ = ev(art.dmc_params, art.critic_params, jax.random.fold_in(k_eval, 2), num_episodes)
-  return metrics
 
 
 def main(argv):
@@ -54,7 +33,9 @@ def main(argv):
     for name in ("model_reference", "model"):
       out = export.export(FLAGS.workdir, os.path.join(tmp, name), bundle_name=name)
       for critic, override in (("learned", None), ("oracle", oracle_q_fn)):
-        m = evaluate(out, override, FLAGS.num_episodes)
+        # key_index 2: the job's before/after episode seeds (offline._align), so the
+        # learned-critic rows reproduce results.json.
+        m = export.evaluate(out, FLAGS.num_episodes, q_fn_factory=override, key_index=2)
         rows[f"{name}/{critic}"] = m
         ci = 1.96 * m["return_std"] / (FLAGS.num_episodes - 1) ** 0.5
         print(f"{name:16s} argmax, {critic:7s} Q: {m['return_mean']:.2f} ± {m['return_std']:.2f}"

@@ -90,9 +90,13 @@ def load(out_dir: str) -> Artifact:
                   Normalizer(**bundle["obs_norm"]), Normalizer(**bundle["act_norm"]))
 
 
-def evaluate(out_dir: str, num_episodes: int | None = None, seed: int | None = None) -> dict:
+def evaluate(out_dir: str, num_episodes: int | None = None, seed: int | None = None,
+             q_fn_factory=None, key_index: int = 0) -> dict:
   """The training job's final evaluation, from the artifact alone (same keys for the same
-  seed, so it reproduces ``results.json``)."""
+  seed, so it reproduces ``results.json``). ``key_index`` 2 draws the episode seeds of the
+  job's alignment before/after rows instead; ``q_fn_factory(config, obs_norm, act_norm)``
+  replaces the learned critic in selection (one head; e.g. :func:`dmc_jax.eval.oracle.
+  oracle_q_fn`)."""
   from dmc_jax.train import offline
   art = load(out_dir)
   config = art.config
@@ -103,9 +107,14 @@ def evaluate(out_dir: str, num_episodes: int | None = None, seed: int | None = N
     from dmc_jax.train import align
     dmc = align.deployed_dmc(config, dmc)
   _, _, q_fn, v_fn, *_ = builders.make_critic(config)
+  if q_fn_factory is not None:
+    q_fn = q_fn_factory(config, art.obs_norm, art.act_norm)
+    config = config.copy_and_resolve_references()
+    config.critic.q_agg = "min"
   evaluate_fn = offline.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
                                        {"dataset_id": config.data.dataset})
   k_eval = jax.random.split(jax.random.key(config.seed if seed is None else seed), 4)[3]
-  metrics, _ = evaluate_fn(art.dmc_params, art.critic_params, jax.random.fold_in(k_eval, 0),
+  metrics, _ = evaluate_fn(art.dmc_params, art.critic_params,
+                           jax.random.fold_in(k_eval, key_index),
                            num_episodes or config.eval.num_episodes)
   return metrics
