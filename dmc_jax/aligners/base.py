@@ -80,7 +80,7 @@ def make_lora_init(sampling, lora_rank: int, tx) -> Callable:
   """``init(key, base_params) -> AlignState``: fresh adapters and optimiser state."""
   def init(key, base_params):
     return init_state(init_lora(key, sampling, base_params, lora_rank), tx)
-  return init
+  return jax.jit(init)  # one compiled initialiser, not one eager op per adapter
 
 
 SAMPLE_FROM = ("current", "reference")

@@ -164,7 +164,7 @@ def make_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generator, *, ob
     return Proposal(act[:, :execute_steps], obs, act[:, :-1])
 
   sampling = Sampling(gen, _identity_get, _identity_put, prepare, decode, weights)
-  return DMC("diffuser", init, loss, propose_with(sampling), horizon, 1, execute_steps,
+  return DMC("diffuser", jax.jit(init), loss, propose_with(sampling), horizon, 1, execute_steps,
              sampling)
 
 
@@ -222,7 +222,7 @@ def make_decision_diffuser(denoise_fn: Callable, module: nn.Module, gen: Generat
 
   sampling = Sampling(gen, lambda p: p["diffusion"], lambda p, d: dict(p, diffusion=d),
                       prepare, decode)
-  return DMC("decision_diffuser", init, loss, propose_with(sampling), horizon, 1,
+  return DMC("decision_diffuser", jax.jit(init), loss, propose_with(sampling), horizon, 1,
              execute_steps, sampling)
 
 
@@ -253,5 +253,5 @@ def make_diffusion_policy(denoise_fn: Callable, module: nn.Module, gen: Generato
     return Proposal(acts[:, :execute_steps], None, None)
 
   sampling = Sampling(gen, _identity_get, _identity_put, prepare, decode)
-  return DMC("diffusion_policy", init, loss, propose_with(sampling), chunk, history,
+  return DMC("diffusion_policy", jax.jit(init), loss, propose_with(sampling), chunk, history,
              execute_steps, sampling)

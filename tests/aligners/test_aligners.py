@@ -22,8 +22,8 @@ def setup(model="dp"):
   dmc = builders.make_dmc(c, OBS, ACT)
   params = dmc.init(jax.random.key(0))
   q_mod, v_mod, q_fn, _, _, _, _ = builders.make_critic(c)
-  qp = q_mod.init(jax.random.key(1), jnp.zeros((1, OBS)), jnp.zeros((1, ACT)))["params"]
-  vp = v_mod.init(jax.random.key(2), jnp.zeros((1, OBS)))["params"]
+  qp = jax.jit(q_mod.init)(jax.random.key(1), jnp.zeros((1, OBS)), jnp.zeros((1, ACT)))["params"]
+  vp = jax.jit(v_mod.init)(jax.random.key(2), jnp.zeros((1, OBS)))["params"]
   hist = jax.random.uniform(jax.random.key(3), (8, dmc.history, OBS), minval=-1, maxval=1)
   return c, dmc, params, (qp, vp), base.make_q_reward(dmc.sampling, q_fn), hist
 
@@ -51,19 +51,20 @@ BUILDERS = {
 
 
 def perturbed(state):
-  """Non-zero adapters (fresh LoRA has b = 0, where some gradients vanish)."""
-  leaves, tree = jax.tree.flatten(state.params)
-  keys = jax.random.split(jax.random.key(9), len(leaves))
-  return state.replace(params=jax.tree.unflatten(
-      tree, [x + 0.05 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+  """Non-zero adapters (fresh LoRA has b = 0, where some gradients vanish). The noise comes
+  from numpy: eager jax ops per leaf would compile a kernel per leaf shape."""
+  rng = np.random.default_rng(9)
+  return state.replace(params=jax.tree.map(
+      lambda x: jnp.asarray(np.asarray(x) + 0.05 * rng.standard_normal(x.shape), x.dtype),
+      state.params))
 
 
 def max_rel_diff(a, b, ref):
-  da = jax.tree.map(lambda x, y: x - y, a, ref)
-  db = jax.tree.map(lambda x, y: x - y, b, ref)
-  scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(da))
-  return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(
-      jax.tree.leaves(da), jax.tree.leaves(db))) / scale, scale
+  """Largest |(a - ref) - (b - ref)| over the largest |a - ref| (numpy: no compiles)."""
+  to_np = lambda t: [np.asarray(x, np.float64) for x in jax.tree.leaves(t)]
+  a, b, ref = to_np(a), to_np(b), to_np(ref)
+  scale = max(float(np.max(np.abs(x - r))) for x, r in zip(a, ref))
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b)) / scale, scale
 
 
 class DeviceSplitTest(parameterized.TestCase):
@@ -167,16 +168,18 @@ class PolicyGradientTest(parameterized.TestCase):
       s = dmc.sampling
       sampler = s.gen.sample.replace(return_chain=True)
       keys = jax.random.split(jax.random.key(1), hist.shape[0])
-      smp = base.sample_contexts(s, sampler, params, keys, hist, **s.gen.stochastic)
+      # Both jitted: eagerly, every op of the chain would compile on its own.
+      smp = jax.jit(lambda p, ks, h: base.sample_contexts(s, sampler, p, ks, h,
+                                                          **s.gen.stochastic))(params, keys, hist)
       ch = smp.chain
       free = None if smp.inpaint is None else ~smp.inpaint.mask
       k = jnp.arange(sampler.num_steps)
-      lp = jax.vmap(lambda xt, xtm1, c, f: jax.vmap(
-          lambda a, b, kk: sampler.step_log_prob(s.get(params), a[None], b[None], kk,
+      lp = jax.jit(lambda p, x_t, x_tm1, cond, free: jax.vmap(lambda xt, xtm1, c, f: jax.vmap(
+          lambda a, b, kk: sampler.step_log_prob(s.get(p), a[None], b[None], kk,
                                                  None if c is None else c[None],
                                                  None if f is None else f[None],
                                                  **s.gen.stochastic)[0][0])(xt, xtm1, k))(
-          ch.x_t, ch.x_tm1, smp.cond, free)
+          x_t, x_tm1, cond, free))(params, ch.x_t, ch.x_tm1, smp.cond, free)
       np.testing.assert_allclose(lp, ch.log_prob, rtol=1e-4, atol=1e-3)
       self.assertTrue(np.all(np.asarray(ch.std[:, :-1]) > 0))  # stochastic but the last
 

@@ -174,11 +174,13 @@ class LossWeightsTest(absltest.TestCase):
     self.assertEqual(float(jnp.sum(w)), w.size - 1 + c.model.action_weight)
     x = jax.random.normal(jax.random.key(0), (1, dmc.horizon, OBS + ACT))
     key = jax.random.key(1)
-    loss, _ = dmc.sampling.gen.loss(params, key, x, None, weights=w)
-    err, _ = base.sample_errors(dmc.sampling.gen.errors, params, key[None], x, None, None, w)
+    loss, _ = jax.jit(lambda p: dmc.sampling.gen.loss(p, key, x, None, weights=w))(params)
+    errors = jax.jit(lambda p, w: base.sample_errors(dmc.sampling.gen.errors, p, key[None], x,
+                                                     None, None, w))
+    err, _ = errors(params, w)
     # sample_errors folds no key: it passes each sample's key, so one sample is the batch.
     np.testing.assert_allclose(err[0], loss, rtol=1e-5)
-    plain, _ = base.sample_errors(dmc.sampling.gen.errors, params, key[None], x, None, None)
+    plain, _ = errors(params, None)
     self.assertGreater(abs(float(err[0] - plain[0])), 1e-4)
 
 
@@ -248,28 +250,33 @@ class CreditAndTruncationTest(absltest.TestCase):
     al = rl.make_policy_gradient_aligner(sampling, reward, tx, method="reinforce",
                                          num_samples=g, last_k=1)
     st = al.init(jax.random.key(4), params)
-    st = st.replace(params=jax.tree.map(lambda x: x + 0.05, st.params))
+    st = st.replace(params=jax.jit(lambda t: jax.tree.map(lambda x: x + 0.05, t))(st.params))
     key = jax.random.key(5)
     new, _ = jax.jit(al.update)(st, params, None, {"hist": hist}, key)
-    delta = jax.tree.map(lambda a, b: a - b, new.params, st.params)
+    delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new.params, st.params)
 
     sampler = sampling.gen.sample.replace(return_chain=True)
     knobs = dict(sampling.gen.stochastic)
-    k_sample, _ = jax.random.split(key)
-    rep, sid = base.repeat_contexts(hist, base.global_ids(hist.shape[0], None), g)
-    p = jax.lax.stop_gradient(base.aligned_params(sampling, params, st.params))
-    smp = base.sample_contexts(sampling, sampler, p, base.per_sample_keys(k_sample, sid), rep,
-                               **knobs)
-    adv = base.group_advantages(reward(p, None, smp.x_0, rep).reshape(-1, g), None).reshape(-1)
     k = sampler.num_steps - 2
 
-    def loss(lora):
-      d = base.aligned_params(sampling, params, lora)
-      lp, _ = jax.vmap(lambda xt, xtm1, c: sampler.step_log_prob(
-          d, xt[None], xtm1[None], k, c[None], None, **knobs))(
-              smp.chain.x_t[:, k], smp.chain.x_tm1[:, k], smp.cond)
-      return -jnp.mean(lp[:, 0] * adv)
-    grads = jax.grad(loss)(st.params)
+    @jax.jit  # the second implementation, compiled once (eager, it compiles op by op)
+    def reference_grads(lora, params, hist, key):
+      k_sample, _ = jax.random.split(key)
+      rep, sid = base.repeat_contexts(hist, base.global_ids(hist.shape[0], None), g)
+      p = jax.lax.stop_gradient(base.aligned_params(sampling, params, lora))
+      smp = base.sample_contexts(sampling, sampler, p, base.per_sample_keys(k_sample, sid),
+                                 rep, **knobs)
+      adv = base.group_advantages(reward(p, None, smp.x_0, rep).reshape(-1, g),
+                                  None).reshape(-1)
+
+      def loss(lora):
+        d = base.aligned_params(sampling, params, lora)
+        lp, _ = jax.vmap(lambda xt, xtm1, c: sampler.step_log_prob(
+            d, xt[None], xtm1[None], k, c[None], None, **knobs))(
+                smp.chain.x_t[:, k], smp.chain.x_tm1[:, k], smp.cond)
+        return -jnp.mean(lp[:, 0] * adv)
+      return jax.grad(loss)(lora)
+    grads = reference_grads(st.params, params, hist, key)
     for a, b in zip(jax.tree.leaves(delta), jax.tree.leaves(grads)):
       np.testing.assert_allclose(a, -b, rtol=2e-3, atol=1e-6)
     self.assertGreater(max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(grads)), 1e-6)

@@ -89,11 +89,12 @@ class LossTest(parameterized.TestCase):
     model = build("diffusion_policy", "ddim", backbone)
     params = model.init(jax.random.key(0))
     if backbone == "dit":  # adaLN-Zero starts at exactly 0 output: perturb to make it live
-      params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(5), p.shape),
-                            params)
+      params = jax.jit(lambda ps: jax.tree.map(  # one compile, not one per leaf shape
+          lambda p: p + 0.1 * jax.random.normal(jax.random.key(5), p.shape), ps))(params)
     hist = jax.random.normal(jax.random.key(1), (2, 2, OBS))
-    a = model.propose(params, jax.random.key(2), hist, 3).actions
-    b = model.propose(params, jax.random.key(2), hist.at[:, 0].add(1.0), 3).actions
+    propose = jax.jit(model.propose, static_argnums=3)
+    a = propose(params, jax.random.key(2), hist, 3).actions
+    b = propose(params, jax.random.key(2), hist.at[:, 0].add(1.0), 3).actions
     self.assertEqual(a.shape, (2, 3, 2, ACT))
     self.assertGreater(float(jnp.max(jnp.abs(a - b))), 1e-4)
 

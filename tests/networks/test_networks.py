@@ -103,10 +103,13 @@ class LoRATest(parameterized.TestCase):
 
     opt = optax.adam(1e-2)
     state = opt.init(ad)
+
+    @jax.jit  # one compile (eager steps would compile every op of the backward pass)
+    def step(ad, state):
+      upd, state = opt.update(jax.grad(loss)(ad), state, ad)
+      return optax.apply_updates(ad, upd), state
     for _ in range(20):
-      g = jax.grad(loss)(ad)
-      upd, state = opt.update(g, state, ad)
-      ad = optax.apply_updates(ad, upd)
+      ad, state = step(ad, state)
     self.assertLess(float(loss(ad)), float(loss(lora_lib.init_lora(jax.random.key(2), base, 2))))
     # Only adapters are optimised; every selected Dense kernel has one, nothing else does.
     flat = jax.tree_util.tree_flatten_with_path(ad)[0]

@@ -55,6 +55,7 @@ class OfflineEndToEndTest(absltest.TestCase):
     c = nav1d_config.get_config("dp,full,smoke")
     c.task, c.data.dataset = "minari", "dmc_jax/nav1d/gymloop-v0"
     c.train.steps, c.train.eval_every, c.eval.num_episodes = 50, 0, 4
+    c.align.stages = ()  # the evaluation loop is under test (alignment on gym: test_benchmarks)
     with tempfile.TemporaryDirectory() as wd:
       r = loop.train_and_evaluate(c, wd)
     self.assertEqual(r["num_episodes"], 4)

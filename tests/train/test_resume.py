@@ -13,8 +13,7 @@ CONFIG = os.path.join(ROOT, "configs", "default.py") + ":smoke"
 class ResumeTest(absltest.TestCase):
 
   def test_sigkill_in_critic_dmc_and_align_phases_then_resume(self):
-    env = dict(os.environ)
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache"))
+    env = dict(os.environ)  # conftest points DMC_JAX_COMPILATION_CACHE at the tests' cache
     with tempfile.TemporaryDirectory() as root:
       ref, killed = os.path.join(root, "ref"), os.path.join(root, "killed")
       fi.run(fi.command(CONFIG, ref), env=env)
