@@ -148,7 +148,7 @@ def apply_gradients(state: AlignState, tx, loss, grads, metrics: dict):
   params = optax.apply_updates(state.params, updates)
   new = AlignState(state.step + 1, params, opt_state)
   ok = jnp.isfinite(loss) & all_finite(grads, params)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                  nonfinite=1.0 - ok.astype(jnp.float32))
   kept = keep_if_finite(ok, new, state)
   return kept.replace(step=state.step + 1), metrics

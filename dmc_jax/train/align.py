@@ -350,7 +350,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   def curve_eval(lora, critic):
     """Environment metrics and per-episode values of the model with ``lora`` merged (None:
     the reference), on the curve's fixed episode seeds."""
-    params = base_lib.aligned_params(dmc.sampling, base_params, lora, scale)
+    params = merged_params(dmc, base_params, lora, scale)
     em, per_episode = evaluate(params, (critic.q.params, critic.v.params),
                                jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
     return em, {k: np.asarray(v, np.float64).tolist() for k, v in per_episode.items()}
@@ -390,6 +390,13 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
             f"{sched.pass_idx}, stage {sequential.stage(sched_cfg, sched)}", flush=True)
     else:
       done_updates = 0
+    # Rows written after the checkpoint are written again by this run; with no checkpoint
+    # that is every alignment row, the step-0 reference rows included (a run killed after
+    # writing them and before its first checkpoint must not leave a second copy).
+    kept = lambda r: restored is not None and r["step"] <= done_updates
+    writer.rewind(lambda r: not any(k.startswith("align/") for k in r) or kept(r))
+    decisions.rewind(kept)
+    if restored is None:
       r0_values = np.asarray(tracker(None, (critic_state.q.params, critic_state.v.params)))
       r0, r0_std = float(r0_values.mean()), float(r0_values.std())
       sched = sequential.init_state(r0_std)
@@ -398,10 +405,6 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       writer.write_scalars(0, {"align/curve_return_mean": em["return_mean"],
                                "align/curve_return_std": em["return_std"],
                                "align/track_reward": r0})
-    # Rows written after the checkpoint are written again by this run.
-    writer.rewind(lambda r: not any(k.startswith("align/") for k in r)
-                  or r["step"] <= done_updates)
-    decisions.rewind(lambda r: r["step"] <= done_updates)
     while not sched.done:
       name = sequential.stage(sched_cfg, sched)
       aligner, tx, update = get_update(name, sched.pass_idx)
@@ -423,7 +426,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       step = done_updates + a.updates_per_chunk
       new_tree = dict(tree, state=st)
       if online is not None and not math.isnan(summary.get("loss", 0.0)):
-        params = base_lib.aligned_params(dmc.sampling, base_params, st.params, scale)
+        params = merged_params(dmc, base_params, st.params, scale)
         buf_new, online_return = online.collect(params, critic_params,
                                                 jax.random.fold_in(k_online, step),
                                                 tree["buffer"])
@@ -488,6 +491,14 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
           "curve": curve_pts, "decisions": decisions.rows(), "lora_scale": scale}
 
 
+def merged_params(dmc, base_params, lora, scale):
+  """The denoiser params with ``lora`` merged (None: the reference), outside ``jit``. Both on
+  one device first: the adapters come back from a mesh update replicated, the base params
+  from a checkpoint committed to one device (a resumed job), and eager ops refuse to mix."""
+  base_params, lora = sharding.on_first_device((base_params, lora))
+  return base_lib.aligned_params(dmc.sampling, base_params, lora, scale)
+
+
 def _track(dmc, reward_fn, base_params, lora, critic_params, scale, key, hist):
   """The reward of one sample per held-out context (fixed key): ``[n]``, paired across
   chunks (the same contexts and noise), so the scheduler can test a drop on the pairs."""
@@ -504,7 +515,7 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, bat
   compiled chunk of ``align.updates_per_chunk`` updates per checkpoint."""
   from dmc_jax.train import builders
   c = config.align.cascade
-  first = base_lib.aligned_params(dmc.sampling, base_params, tree["state"].params, scale)
+  first = merged_params(dmc, base_params, tree["state"].params, scale)
   spec = cascade_lib.make_cascade(
       dmc.sampling, lambda fn: builders.make_generator(config, fn), mode=c.mode,
       share_step=c.share_step, block=tuple(c.block), hidden=c.hidden,

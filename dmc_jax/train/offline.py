@@ -667,8 +667,7 @@ def _align(config, workdir, *, dmc, base_params, critic, q_fn, v_fn, seg_data, t
       v_fn=v_fn, iql_update=iql_update, seg_data=seg_data, trans_n=trans_n, obs_norm=obs_norm,
       act_norm=act_norm, evaluate=evaluator(config.align.curve_selection, deployed),
       writer=writer, key=key)
-  from dmc_jax.aligners import base as base_lib
-  params = base_lib.aligned_params(dmc.sampling, base_params, out["lora"], out["lora_scale"])
+  params = align_lib.merged_params(dmc, base_params, out["lora"], out["lora_scale"])
   ref_critic = (critic.q.params, critic.v.params)
   new_critic = (out["critic_state"].q.params, out["critic_state"].v.params)
   results = {}

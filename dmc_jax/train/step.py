@@ -38,7 +38,7 @@ def make_train_step(loss_fn: Callable, ema_decay: float = 0.995) -> Callable:
     ema = optax.incremental_update(new.params, state.ema_params, 1.0 - ema_decay)
     new = new.replace(ema_params=ema)
     ok = jnp.isfinite(loss) & all_finite(grads, new.params)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    nonfinite=1.0 - ok.astype(jnp.float32))
     return keep_if_finite(ok, new, state), metrics
   return step

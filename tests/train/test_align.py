@@ -68,6 +68,33 @@ class AlignJobTest(absltest.TestCase):
       self.assertTrue(checkpoint.all_finite(tree))
 
 
+  def test_killed_before_the_first_alignment_checkpoint_writes_step_0_rows_once(self):
+    """A job stopped after the alignment's reference evaluation (step-0 rows written) and
+    before its first checkpoint: the resumed run writes those rows once, not twice."""
+    c = smoke(stages=("rl",), eval_selections=("first",), max_chunks=1, min_chunks=1)
+    real_save = checkpoint.Checkpointer.save
+
+    class Killed(Exception):
+      pass
+
+    def save(self, *args, **kw):
+      if os.path.basename(self.directory) == "align":
+        raise Killed
+      return real_save(self, *args, **kw)
+
+    with tempfile.TemporaryDirectory() as wd:
+      with mock.patch.object(checkpoint.Checkpointer, "save", save):
+        with self.assertRaises(Killed):
+          offline.train_and_evaluate(c, wd)
+      rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+      # The reference rows (and the first chunk's) were written before the kill.
+      self.assertLen([r for r in rows if "align/track_reward" in r and r["step"] == 0], 1)
+      offline.train_and_evaluate(c, wd)
+      rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+    ref_rows = [r for r in rows if "align/track_reward" in r and r["step"] == 0]
+    self.assertLen(ref_rows, 1)
+    self.assertLen([r for r in rows if "align/curve_return_mean" in r and r["step"] == 0], 1)
+
   def test_env_guard_reverts_a_visit_whose_env_return_falls(self):
     """The environment return after the RL visit is made to fall: the visit is reverted, so
     the aligned model is the reference again (same returns on the same seeds)."""
