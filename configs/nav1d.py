@@ -125,7 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.rl.epochs = 2  # PPO passes over each sampled batch
   c.align.rl.minibatches = 1  # PPO sample minibatches per pass
   c.align.rl.step_groups = 2  # PPO denoising-step groups per pass (steps shuffled per sample)
-  c.align.rl.clip_eps = 0.2  # PPO ratio clip
+  c.align.rl.clip_eps = 0.01  # PPO ratio clip per denoising step (DPPO range; BUILD_NOTES #14)
   c.align.rl.kl_coef = 0.01  # weight of the per-step KL to the reference
   c.align.rl.credit = "uniform"  # uniform | decreasing | similarity (per-step credit)
   c.align.rl.credit_decay = 0.9  # decreasing credit: decay per step away from x_0
