@@ -555,6 +555,6 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, bat
       ckpt.save(step, state, {"config": json.loads(config.to_json()), "phase": "cascade"})
   finally:
     ckpt.close()
-  # One device for the eager merge (the state comes back from a mesh update replicated).
-  first, state = sharding.on_first_device((first, state))
+  # The eager merge needs ``state`` where ``first`` is (a mesh update returns it replicated).
+  state = sharding.on_first_device(state)
   return {"dmc": spec.wrap(dmc), "params": spec.inference_params(first, state, scale)}
