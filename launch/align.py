@@ -11,14 +11,16 @@ does not affect them).
 """
 from absl import app, flags
 
-from launch import train  # defines --config and --workdir
+from launch import common
+
+common.define_job_flags()
 
 
 def main(argv):
   if not flags.FLAGS.config.align.stages:
     raise app.UsageError("config.align.stages is empty: nothing to align (use launch.train "
                          "for pretraining only)")
-  train.main(argv)
+  common.run_job(argv)
 
 
 if __name__ == "__main__":

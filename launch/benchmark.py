@@ -213,7 +213,8 @@ def _nav1d_critic(c):
   """``(q_fn, v_fn, (q_params, v_params))``: the config's IQL critic, randomly initialised."""
   from dmc_jax.envs import nav1d
   from dmc_jax.train import builders
-  q_mod, v_mod, q_fn, v_fn = builders.make_critic(c)[:4]
+  cr = builders.make_critic(c)
+  q_mod, v_mod, q_fn, v_fn = cr.q_module, cr.v_module, cr.q_fn, cr.v_fn
   o, a = jnp.zeros((1, nav1d.OBS_DIM)), jnp.zeros((1, nav1d.ACT_DIM))
   return q_fn, v_fn, (q_mod.init(jax.random.key(1), o, a)["params"],
                       v_mod.init(jax.random.key(2), o)["params"])
@@ -234,7 +235,7 @@ def run_align(repeats):
     params = dmc.init(jax.random.key(0))
     n_params = max(n_params, networks.param_count(params))
     q_fn, v_fn, critic = _nav1d_critic(c)
-    deployed = align_lib.deployed_dmc(c, dmc)
+    deployed = builders.deployed_dmc(c, dmc)
     reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn)
     shape = (c.align.batch_size, dmc.history, obs_dim)
     batch_fn = lambda u, aux, shape=shape: {"hist": aux * jax.random.uniform(

@@ -16,7 +16,7 @@ import tempfile
 from absl import app, flags
 
 from dmc_jax.eval.oracle import oracle_q_fn
-from dmc_jax.train import compile_cache, export
+from dmc_jax.train import compile_cache, export, keys
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A finished Nav1D job (with model/ and model_reference/).")
@@ -33,9 +33,10 @@ def main(argv):
     for name in ("model_reference", "model"):
       out = export.export(FLAGS.workdir, os.path.join(tmp, name), bundle_name=name)
       for critic, override in (("learned", None), ("oracle", oracle_q_fn)):
-        # key_index 2: the job's before/after episode seeds (offline._align), so the
+        # the job's before/after episode seeds (keys.EVAL_ALIGN), so the
         # learned-critic rows reproduce results.json.
-        m = export.evaluate(out, FLAGS.num_episodes, q_fn_factory=override, key_index=2)
+        m = export.evaluate(out, FLAGS.num_episodes, q_fn_factory=override,
+                            key_index=keys.EVAL_ALIGN)
         rows[f"{name}/{critic}"] = m
         ci = 1.96 * m["return_std"] / (FLAGS.num_episodes - 1) ** 0.5
         print(f"{name:16s} argmax, {critic:7s} Q: {m['return_mean']:.2f} ± {m['return_std']:.2f}"

@@ -14,12 +14,11 @@ The published Minari datasets (``mujoco/hopper/medium-v0``, ...) load through th
 is exercised and tested without them.
 """
 import dataclasses
-import re
 
 import gymnasium as gym
 import numpy as np
 
-from dmc_jax.data import minari_io
+from dmc_jax.data import dataset_ids, minari_io
 from dmc_jax.envs import metaworld as mw_env
 
 
@@ -46,18 +45,8 @@ MUJOCO_ENVS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": 
 # 100 * (R - min) / (max - min), as in D4RL and minari.get_normalized_score.
 D4RL_REF_SCORES = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
                    "halfcheetah": (-280.178953, 12135.0)}
-MUJOCO_QUALITIES = ("random", "ars")
-
-_MW_ID = re.compile(r"^dmc_jax/metaworld/(?P<task>[a-z0-9-]+)/(?P<quality>[a-z]+)-v0$")
-_MJ_ID = re.compile(r"^dmc_jax/(?P<env>hopper|walker2d|halfcheetah)/(?P<quality>[a-z]+)-v0$")
-
-
-def metaworld_id(task: str, quality: str) -> str:
-  return f"dmc_jax/metaworld/{task.removesuffix('-v3')}/{quality}-v0"
-
-
-def mujoco_id(env: str, quality: str) -> str:
-  return f"dmc_jax/{env}/{quality}-v0"
+MUJOCO_QUALITIES = dataset_ids.MUJOCO_QUALITIES
+metaworld_id, mujoco_id = dataset_ids.metaworld_id, dataset_ids.mujoco_id
 
 
 # ---------------------------------------------------------------------------- collection
@@ -102,6 +91,7 @@ def make_metaworld_dataset(task: str, quality: str, *, num_episodes: int = 200, 
     raise ValueError(f"unknown MetaWorld dataset quality {quality!r}; known: "
                      f"{tuple(METAWORLD_QUALITIES)}")
   q = METAWORLD_QUALITIES[quality]
+  mw_env.register()
   env = gym.make(mw_env.ENV_ID, task=task, max_episode_steps=max_episode_steps)
   eps, success = collect(env, mw_env.scripted_policy(task), num_episodes, seed=seed, quality=q)
   did = name or metaworld_id(task, quality)
@@ -192,35 +182,30 @@ def make_mujoco_dataset(env_name: str, quality: str, *, num_episodes: int = 20, 
 # ------------------------------------------------------------------------------ on demand
 def generator_for(dataset_id: str):
   """``(make(num_episodes, seed), command)`` for an id this module can generate, else None."""
-  m = _MW_ID.match(dataset_id)
-  if m:
-    task, quality = m["task"], m["quality"]
-    return (lambda n, s: make_metaworld_dataset(task, quality, num_episodes=n, seed=s,
-                                                name=dataset_id),
-            f"python -m launch.make_metaworld_data --tasks={task} --qualities={quality}")
-  m = _MJ_ID.match(dataset_id)
-  if m:
-    env_name, quality = m["env"], m["quality"]
-    return (lambda n, s: make_mujoco_dataset(env_name, quality, num_episodes=n, seed=s,
-                                             name=dataset_id),
-            f"python -m launch.make_mujoco_data --envs={env_name} --qualities={quality}")
-  return None
+  g = dataset_ids.parse(dataset_id)
+  if g is None or g.family == "nav1d":
+    return None
+  command = dataset_ids.make_command(dataset_id)
+  if g.family == "metaworld":
+    return (lambda n, s: make_metaworld_dataset(g.name, g.quality, num_episodes=n, seed=s,
+                                                name=dataset_id), command)
+  return (lambda n, s: make_mujoco_dataset(g.name, g.quality, num_episodes=n, seed=s,
+                                           name=dataset_id), command)
 
 
 def check_dataset_id(dataset_id: str) -> None:
   """For an id of this module's form: the task / env and quality are known (else an error
   naming them, raised before any work)."""
-  m = _MW_ID.match(dataset_id)
-  if m:
-    mw_env.check_task(m["task"])
-    if m["quality"] not in METAWORLD_QUALITIES:
-      raise ValueError(f"dataset {dataset_id!r}: unknown MetaWorld quality {m['quality']!r}; "
+  g = dataset_ids.parse(dataset_id)
+  if g is not None and g.family == "metaworld":
+    mw_env.check_task(g.name)
+    if g.quality not in METAWORLD_QUALITIES:
+      raise ValueError(f"dataset {dataset_id!r}: unknown MetaWorld quality {g.quality!r}; "
                        f"known: {tuple(METAWORLD_QUALITIES)}")
-  m = _MJ_ID.match(dataset_id)
-  if m and m["quality"] not in MUJOCO_QUALITIES:
+  if g is not None and g.family == "mujoco" and g.quality not in MUJOCO_QUALITIES:
     raise ValueError(f"dataset {dataset_id!r}: unknown generated MuJoCo quality "
-                     f"{m['quality']!r}; known: {MUJOCO_QUALITIES} (published datasets are "
-                     f"mujoco/{m['env']}/<quality>-v0)")
+                     f"{g.quality!r}; known: {MUJOCO_QUALITIES} (published datasets are "
+                     f"mujoco/{g.name}/<quality>-v0)")
 
 
 def ensure_dataset(dataset_id: str, *, num_episodes: int, seed: int) -> str:

@@ -9,6 +9,7 @@ import minari
 import numpy as np
 from minari.data_collector import EpisodeBuffer
 
+from dmc_jax.data import dataset_ids
 from dmc_jax.data import episodes as ep_lib
 
 
@@ -68,15 +69,7 @@ def open_dataset(id_or_path: str) -> minari.MinariDataset:
     return minari.load_dataset(id_or_path, download=False)
   except FileNotFoundError:
     local = minari.list_local_datasets()
-    from dmc_jax.data import gym_data  # (imports this module)
-    gen = gym_data.generator_for(id_or_path)
-    if id_or_path.startswith("dmc_jax/nav1d"):
-      hint = "generate it with `python -m launch.make_nav1d_data`"
-    elif gen is not None:
-      hint = f"generate it with `{gen[1]}`"
-    else:
-      hint = (f"download it once on a machine with network access with "
-              f"`minari download {id_or_path}` and copy it there")
+    hint = dataset_ids.missing_hint(id_or_path)
     raise FileNotFoundError(
         f"Minari dataset {id_or_path!r} is not in MINARI_DATASETS_PATH={datasets_root()} "
         f"(local datasets: {sorted(local) or 'none'}); {hint}, or pass the path of a "

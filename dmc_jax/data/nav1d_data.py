@@ -2,6 +2,7 @@
 import jax
 import numpy as np
 
+from dmc_jax.data import dataset_ids
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import minari_io
 from dmc_jax.envs import gymnasium as gym_face
@@ -16,8 +17,7 @@ DESCRIPTIONS = {
 }
 
 
-def dataset_id(kind: str) -> str:
-  return f"dmc_jax/nav1d/{kind}-v0"
+dataset_id = dataset_ids.nav1d_id
 
 
 def env_kwargs(task_seed: int, horizon: int, step_size: float) -> dict:

@@ -1,7 +1,7 @@
 """Gymnasium face of Nav1D (SHELL): numpy in/out over the pure functions of ``nav1d``.
 
-Registered as ``dmc_jax/Nav1D-v0`` when ``dmc_jax.envs`` is imported. The jitted pure
-``reset``/``step`` do the work, so a gymnasium roll-out and a ``jit`` roll-out of the same
+Registered as ``dmc_jax/Nav1D-v0`` by ``register()`` (or
+``dmc_jax.envs.registry.register_all``). The jitted pure ``reset``/``step`` do the work, so a gymnasium roll-out and a ``jit`` roll-out of the same
 actions give the same numbers.
 """
 import functools

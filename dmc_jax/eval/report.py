@@ -19,6 +19,7 @@ the same detailed table and curve for its own run (``align_results.md``, ``align
 import glob
 import json
 import os
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -197,41 +198,104 @@ def summary_text(s) -> str:
 
 
 # ------------------------------------------------------------------------------ curves
-def plot_curves(runs, path) -> None:
-  """One panel per run: return (mean ± 1 std) after each stage visit; a dashed line where
-  online fine-tuning starts."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  n = len(runs)
-  ncol = min(n, 4)
+class Panel(NamedTuple):
+  """One curve: ``mean ± std`` at ``x``; optional per-point labels, horizontal reference
+  lines ``[(name, value)]`` and a vertical marker ``(x, name)``."""
+  x: Sequence[float]
+  mean: Sequence[float]
+  std: Sequence[float]
+  title: str
+  xlabel: str
+  ylabel: str = "return (mean ± 1 std)"
+  labels: Optional[Sequence[str]] = None
+  hlines: Sequence[tuple] = ()
+  vline: Optional[tuple] = None
+
+
+def curve_figure(panels, ncol: int = 4, panel_size=(3.3, 2.8), fontsize: int = 7):
+  """A matplotlib ``Figure`` with one axes per :class:`Panel` (the one curve plotter of the job
+  and the report). Made without pyplot, so it never touches the process-wide backend: a
+  notebook shows it inline, a shell saves it (``fig.savefig``)."""
+  from matplotlib.figure import Figure
+  n = len(panels)
+  ncol = max(1, min(n, ncol))
   nrow = -(-n // ncol)
-  fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.8 * nrow), squeeze=False)
+  fig = Figure(figsize=(panel_size[0] * ncol, panel_size[1] * nrow))
+  axes = fig.subplots(nrow, ncol, squeeze=False)
   for ax in axes.flat[n:]:
     ax.axis("off")
-  for ax, r in zip(axes.flat, runs):
-    c = r["align_curve"]
-    x = np.array([p[0] for p in c], float)
-    m = np.array([p[1] for p in c], float)
-    s = np.array([p[2] for p in c], float)
+  for ax, p in zip(axes.flat, panels):
+    x, m, sd = (np.asarray(v, float) for v in (p.x, p.mean, p.std))
     ax.plot(x, m, marker="o", markersize=3)
-    ax.fill_between(x, m - s, m + s, alpha=0.25)
-    for xi, yi, p in zip(x, m, c):
-      label = str(p[5]).split(" ")[0] + (" (reverted)" if "reverted" in str(p[5]) else "")
-      ax.annotate(label, (xi, yi), fontsize=6, textcoords="offset points", xytext=(2, 3))
-    if r["online_start"] is not None:
-      ax.axvline(r["online_start"], color="gray", linestyle="--", linewidth=1,
-                 label="online fine-tuning")
-      ax.legend(fontsize=6)
-    ax.set_title(f"{MODEL_NAMES.get(r['model'], r['model'])} / {r['env']} {r['data']}",
-                 fontsize=8)
-    ax.set_xlabel("alignment update", fontsize=7)
-    ax.tick_params(labelsize=6)
-  for ax in axes[:, 0]:
-    ax.set_ylabel("return (mean ± 1 std)", fontsize=7)
+    ax.fill_between(x, m - sd, m + sd, alpha=0.25)
+    for xi, yi, label in zip(x, m, p.labels or ()):
+      ax.annotate(label, (xi, yi), fontsize=fontsize - 1, textcoords="offset points",
+                  xytext=(2, 3))
+    legend = False
+    for (name, value), style in zip(p.hlines, ("--", ":", "-.")):
+      if value is not None:
+        ax.axhline(value, color="gray", linestyle=style, label=name)
+        legend = True
+    if p.vline is not None:
+      ax.axvline(p.vline[0], color="gray", linestyle="--", linewidth=1, label=p.vline[1])
+      legend = True
+    if legend:
+      ax.legend(fontsize=fontsize - 1)
+    ax.set_title(p.title, fontsize=fontsize + 1)
+    ax.set_xlabel(p.xlabel, fontsize=fontsize)
+    ax.set_ylabel(p.ylabel, fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize - 1)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  return fig
+
+
+def align_panel(run) -> Panel:
+  """A run's alignment curve: the return after each stage visit, labelled by stage."""
+  c = run["align_curve"]
+  labels = [str(p[5]).split(" ")[0] + (" (reverted)" if "reverted" in str(p[5]) else "")
+            for p in c]
+  vline = None if run.get("online_start") is None else (run["online_start"],
+                                                        "online fine-tuning")
+  return Panel([p[0] for p in c], [p[1] for p in c], [p[2] for p in c],
+               f"{MODEL_NAMES.get(run['model'], run['model'])} / {run['env']} {run['data']}",
+               "alignment update", labels=labels, vline=vline)
+
+
+def learning_panel(results) -> Panel:
+  """A job's pretraining curve (``results["curve"]``) with the dataset's and the random
+  policy's returns as reference lines."""
+  steps, mean, std = zip(*results["curve"])
+  return Panel(steps, mean, std, f"{results['model']} on {results['dataset']}",
+               "training step", "episode return (mean ± 1 std)",
+               hlines=(("dataset", results["dataset_return"]),
+                       ("random policy", results["random_return"])))
+
+
+def plot_curves(runs, path=None):
+  """Every run's alignment curve; saved to ``path`` when given. Returns the ``Figure``."""
+  fig = curve_figure([align_panel(r) for r in runs])
+  if path is not None:
+    fig.savefig(path, dpi=90)
+  return fig
+
+
+# ------------------------------------------------------------------------ results table
+def results_table(results) -> str:
+  """One row per job ``results`` dict (``results.json``): the pretrained model's return,
+  its 95 % CI, the dataset's and the random policy's returns, and the planners' coherency."""
+  cols = ["dataset", "model", "sampler", "selection", "return", "95% CI", "dataset return",
+          "random return"]
+  extra = [k for k in ("plan_coherency", "behaviour_density") if any(k in r for r in results)]
+  cols += [k.replace("_", " ") for k in extra]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in results:
+    vals = [r["dataset"], r["model"], r["sampler"], r["selection"],
+            f"{r['return_mean']:.2f} ± {r['return_std']:.2f}", f"± {r['return_ci95']:.2f}",
+            f"{r['dataset_return']:.2f}",
+            "-" if r["random_return"] is None else f"{r['random_return']:.2f}"]
+    vals += [f"{r[k]:.3f}" if k in r else "-" for k in extra]
+    lines.append("| " + " | ".join(str(v) for v in vals) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def write_report(runs, out_dir, title="Alignment results") -> str:

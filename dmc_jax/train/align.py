@@ -1,8 +1,8 @@
 """The alignment phase (SHELL): the sequential scheduler over RL -> DPO -> SFT, checkpoints,
 rollbacks, online fine-tuning and the cascade.
 
-Runs after pretraining (``offline.train_and_evaluate``) when ``config.align.stages`` is not
-empty. Writes ``align/`` metrics rows (``metrics.jsonl``), every scheduler decision to
+Runs after pretraining (the job, :mod:`dmc_jax.train.offline`, calls
+:func:`align_and_evaluate`) when ``config.align.stages`` is not empty. Writes ``align/`` metrics rows (``metrics.jsonl``), every scheduler decision to
 ``decisions.jsonl``, and saves ``checkpoints/align`` after every good chunk: LoRA adapters,
 optimiser state (with its learning rate), the step, the critic (changed by online
 fine-tuning), the online buffer, and in the metadata the scheduler's position and history.
@@ -19,20 +19,20 @@ import numpy as np
 from dmc_jax.aligners import base as base_lib
 from dmc_jax.aligners import cascade as cascade_lib
 from dmc_jax.aligners import dpo, rewards, rl, sequential, sft
-from dmc_jax.critics import iql
 from dmc_jax.data import episodes as ep_lib
+from dmc_jax.data import replay
 from dmc_jax.envs import nav1d
+from dmc_jax.eval import evaluators
 from dmc_jax.eval import rollout as rollout_lib
-from dmc_jax.models import dmc as dmc_lib
 from dmc_jax.models import policy as policy_lib
 from dmc_jax.networks import lora as lora_lib
-from dmc_jax.train import checkpoint
+from dmc_jax.train import builders, checkpoint
+from dmc_jax.train import hooks as hooks_lib
+from dmc_jax.train import keys as keys_lib
 from dmc_jax.train import logging as logging_lib
-from dmc_jax.train import sharding
-
-STAGES = ("rl", "dpo", "sft")
-DEPLOY_SAMPLERS = ("rl", "config")
-CASCADE_MODES = cascade_lib.MODES
+from dmc_jax.train import phases, sharding
+from dmc_jax.train import results as results_lib
+from dmc_jax.train.validation import DEPLOY_SAMPLERS, STAGES  # noqa: F401  (re-exported)
 
 
 def scheduler_config(config) -> sequential.SchedulerConfig:
@@ -43,120 +43,6 @@ def scheduler_config(config) -> sequential.SchedulerConfig:
       drop_min=a.drop_min,
       spike_factor=a.spike_factor, max_nonfinite=a.max_nonfinite, lr_decay=a.lr_decay,
       max_rollbacks=a.max_rollbacks)
-
-
-def validate(config, num_sampling_steps: int) -> None:
-  """The ``align`` group: one error naming the key, the value and what is allowed."""
-  a = config.align
-
-  def bad(key, value, allowed):
-    raise ValueError(f"config.align.{key}={value!r} is invalid: {allowed}")
-
-  for s in a.stages:
-    if s not in STAGES:
-      bad("stages", tuple(a.stages), f"a sequence of stage names from {STAGES}")
-  if not a.stages:
-    return
-  for key in ("passes", "batch_size", "updates_per_chunk", "min_chunks", "max_chunks",
-              "patience", "lora_rank", "track_contexts", "max_rollbacks"):
-    if not (isinstance(a[key], int) and a[key] >= (0 if key == "max_rollbacks" else 1)):
-      bad(key, a[key], "a positive integer")
-  if a.max_chunks < a.min_chunks:
-    bad("max_chunks", a.max_chunks, f"at least align.min_chunks={a.min_chunks}")
-  for key in ("drop_tol", "drop_min"):
-    if not a[key] >= 0:
-      bad(key, a[key], "a non-negative number")
-  if not 0 < a.lr_decay <= 1:
-    bad("lr_decay", a.lr_decay, "a number in (0, 1]")
-  if a.parallel not in sharding.PARALLEL:
-    bad("parallel", a.parallel, f"one of {sharding.PARALLEL}")
-  for s in a.eval_selections:
-    if s not in policy_lib.sel.SELECTIONS:
-      bad("eval_selections", tuple(a.eval_selections), f"selections from "
-          f"{policy_lib.sel.SELECTIONS}")
-  if a.curve_selection not in policy_lib.sel.SELECTIONS:
-    bad("curve_selection", a.curve_selection, f"one of {policy_lib.sel.SELECTIONS}")
-  if a.rl.method not in rl.METHODS:
-    bad("rl.method", a.rl.method, f"one of {rl.METHODS}")
-  if a.rl.credit not in rl.CREDITS:
-    bad("rl.credit", a.rl.credit, f"one of {rl.CREDITS}")
-  if a.rl.method == "qgrad" and a.rl.credit == "similarity":
-    bad("rl.credit", a.rl.credit, "uniform or decreasing for qgrad (similarity needs the "
-        "sampled chain, i.e. ppo/reinforce)")
-  if a.rl.method != "qgrad" and "rl" in a.stages and config.diffusion.sampler == "ode":
-    bad("rl.method", a.rl.method, "qgrad with the deterministic ode sampler (REINFORCE/PPO "
-        "need Gaussian transitions)")
-  for k in a.rl.num_grad_steps:
-    if not (isinstance(k, int) and 0 <= k <= num_sampling_steps):
-      bad("rl.num_grad_steps", tuple(a.rl.num_grad_steps),
-          f"integers K in [0, {num_sampling_steps}] (the number of denoising steps)")
-  if not a.rl.num_grad_steps:
-    bad("rl.num_grad_steps", tuple(a.rl.num_grad_steps), "at least one K")
-  if num_sampling_steps % a.rl.step_groups:
-    bad("rl.step_groups", a.rl.step_groups,
-        f"a divisor of the {num_sampling_steps} sampling steps")
-  for key, v in (("rl.lr", a.rl.lr), ("dpo.lr", a.dpo.lr), ("sft.lr", a.sft.lr),
-                 ("dpo.beta", a.dpo.beta), ("rl.clip_eps", a.rl.clip_eps),
-                 ("cascade.lr", a.cascade.lr)):
-    if not v > 0:
-      bad(key, v, "a positive number")
-  if a.env_guard < 0:
-    bad("env_guard", a.env_guard, "a non-negative number (0 turns the guard off)")
-  for key, v in (("rl.kl_coef", a.rl.kl_coef), ("rl.entropy_coef", a.rl.entropy_coef),
-                 ("rl.reg_coef", a.rl.reg_coef)):
-    if v < 0:
-      bad(key, v, "a non-negative number")
-  if a.dpo.num_samples < 2:
-    bad("dpo.num_samples", a.dpo.num_samples, "at least 2 (a winner and a loser)")
-  if a.dpo.weighting not in dpo.SNR_WEIGHTS:
-    bad("dpo.weighting", a.dpo.weighting, f"one of {dpo.SNR_WEIGHTS}")
-  for key, v in (("dpo.sample_from", a.dpo.sample_from), ("sft.sample_from",
-                                                         a.sft.sample_from)):
-    if v not in base_lib.SAMPLE_FROM:
-      bad(key, v, f"one of {base_lib.SAMPLE_FROM}")
-  if not 0 < a.sft.keep_frac <= 1:
-    bad("sft.keep_frac", a.sft.keep_frac, "a number in (0, 1]")
-  if not 0 <= a.sft.lik_quantile < 1:
-    bad("sft.lik_quantile", a.sft.lik_quantile, "a number in [0, 1)")
-  c = a.cascade
-  if c.mode not in CASCADE_MODES:
-    bad("cascade.mode", c.mode, f"one of {CASCADE_MODES}")
-  if not 0 <= c.share_step < num_sampling_steps:
-    bad("cascade.share_step", c.share_step, f"in [0, {num_sampling_steps - 1}]")
-  if not (len(c.block) == 2 and 0 <= c.block[0] < c.block[1] <= 1):
-    bad("cascade.block", tuple(c.block), "(start, stop) fractions with 0 <= start < stop <= 1")
-  if c.passes not in (1, 2):
-    bad("cascade.passes", c.passes, "1 or 2")
-  if a.online.enabled and config.task != "nav1d":
-    bad("online.enabled", True, "False for task=minari (online roll-outs need a pure env)")
-  if a.reward not in rewards.KINDS:
-    bad("reward", a.reward, f"one of {rewards.KINDS}")
-  planner = config.model.kind != "diffusion_policy"
-  if a.reward != "first" and not planner and config.model.execute_steps > 1:
-    bad("reward", a.reward, "'first' for a diffusion policy that executes "
-        f"{config.model.execute_steps} actions (it plans no states to score the rest with)")
-  if a.dynamics_coef < 0:
-    bad("dynamics_coef", a.dynamics_coef, "a non-negative number")
-  if a.dynamics_coef > 0 and not (planner and config.task == "nav1d"):
-    bad("dynamics_coef", a.dynamics_coef, "0 unless a planner runs on Nav1D (the only task "
-        "with a known dynamics model here)")
-  if a.deploy_sampler not in DEPLOY_SAMPLERS:
-    bad("deploy_sampler", a.deploy_sampler, f"one of {DEPLOY_SAMPLERS}")
-  if not (isinstance(a.rl.last_k, int) and 0 <= a.rl.last_k < num_sampling_steps):
-    bad("rl.last_k", a.rl.last_k, f"an integer in [0, {num_sampling_steps - 1}] (0: every "
-        "stochastic step; the last step is deterministic)")
-  if a.rl.objective not in rl.OBJECTIVES:
-    bad("rl.objective", a.rl.objective, f"one of {rl.OBJECTIVES}")
-  if a.rl.objective != "mean" and a.rl.num_samples < 2:
-    bad("rl.num_samples", a.rl.num_samples, f"at least 2 for rl.objective={a.rl.objective!r}")
-  if a.rl.min_std < 0:
-    bad("rl.min_std", a.rl.min_std, "a non-negative number")
-  if uses_policy_gradient(config) and config.diffusion.sampler in ("ddim", "flow") and (
-      not a.rl.stochastic_scale > 0):
-    bad("rl.stochastic_scale", a.rl.stochastic_scale, f"> 0 for {a.rl.method} with "
-        f"{config.diffusion.sampler} (a deterministic chain has no log-probs)")
-  if a.sft.rank not in sft.RANKS:
-    bad("sft.rank", a.sft.rank, f"one of {sft.RANKS}")
 
 
 def build_aligner(config, name: str, dmc, reward_fn, pass_idx: int, axis_name):
@@ -195,43 +81,6 @@ def stage_lr(config, name: str) -> float:
   return float(config.align[name].lr)
 
 
-def with_stochastic(config, dmc):
-  """The DMC with its generator's stochastic knob set from ``align.rl.stochastic_scale``."""
-  gen = dmc.sampling.gen
-  if gen.stochastic:
-    knob = {k: config.align.rl.stochastic_scale for k in gen.stochastic}
-    gen = gen._replace(stochastic=knob)
-  return dmc._replace(sampling=dmc.sampling._replace(gen=gen))
-
-
-def uses_policy_gradient(config) -> bool:
-  a = config.align
-  return "rl" in a.stages and a.rl.method in rl.PG_METHODS
-
-
-def rl_sampler_dmc(config, dmc):
-  """The DMC that *samples* with the RL stage's stochastic sampler (knobs
-  ``align.rl.stochastic_scale``, std floor ``align.rl.min_std``): the policy REINFORCE/PPO
-  optimise. Its ``propose`` is rebuilt on the new sampler."""
-  d = with_stochastic(config, dmc)
-  gen = d.sampling.gen
-  sample = gen.sample.replace(defaults=dict(gen.stochastic or {}),
-                              min_std=float(config.align.rl.min_std))
-  sampling = d.sampling._replace(gen=gen._replace(sample=sample))
-  return d._replace(sampling=sampling, propose=dmc_lib.propose_with(sampling))
-
-
-def deployed_dmc(config, dmc):
-  """The DMC that alignment samples from and that is evaluated before and after it. With a
-  REINFORCE/PPO stage and ``align.deploy_sampler="rl"`` (default) it is the RL stage's
-  stochastic sampler, so the policy optimised is the policy evaluated (DPO, SFT and the
-  tracked reward then rank the samples of that same policy); otherwise the configured
-  sampler (``diffusion.ddim_eta``), with the stochastic knobs set for the RL stage only."""
-  if uses_policy_gradient(config) and config.align.deploy_sampler == "rl":
-    return rl_sampler_dmc(config, dmc)
-  return with_stochastic(config, dmc)
-
-
 def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None):
   """The alignment reward of ``align.reward`` with the critic heads combined by
   ``critic.q_agg`` (see :mod:`dmc_jax.aligners.rewards`)."""
@@ -250,8 +99,8 @@ def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None):
 
 class _Online:
   """Online fine-tuning: roll out the aligned policy in Nav1D after every chunk, keep the
-  transitions in a ring buffer, and keep training the IQL critic on half dataset, half
-  online batches."""
+  transitions in a ring buffer (:mod:`dmc_jax.data.replay`), and keep training the IQL critic
+  on half dataset, half online batches."""
 
   def __init__(self, config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update, trans_n):
     o, self.config = config.align.online, config
@@ -276,25 +125,19 @@ class _Online:
       alive = out["alive"]
       last = jnp.arange(obs.shape[1]) == obs.shape[1] - 1
       n = obs.shape[0] * obs.shape[1]
-      new = {"obs": obs.reshape(n, -1), "actions": acts.reshape(n, -1),
-             "rewards": out["rewards"].reshape(n) * config.data.reward_scale,
-             "next_obs": next_obs.reshape(n, -1),
-             "dones": jnp.broadcast_to(last[None], alive.shape).reshape(n).astype(jnp.float32),
-             "valid": (alive & ~last[None]).reshape(n)}
-      idx = (buf["ptr"] + jnp.cumsum(new["valid"]) - 1) % self.capacity
-      idx = jnp.where(new["valid"], idx, self.capacity)  # invalid rows are dropped
-      data = {k: buf[k].at[idx].set(new[k], mode="drop") for k in new if k != "valid"}
-      added = jnp.sum(new["valid"])
-      return dict(data, ptr=(buf["ptr"] + added) % self.capacity,
-                  size=jnp.minimum(buf["size"] + added, self.capacity)), jnp.mean(out["returns"])
+      rows = {"obs": obs.reshape(n, -1), "actions": acts.reshape(n, -1),
+              "rewards": out["rewards"].reshape(n) * config.data.reward_scale,
+              "next_obs": next_obs.reshape(n, -1),
+              "dones": jnp.broadcast_to(last[None], alive.shape).reshape(n).astype(
+                  jnp.float32)}
+      valid = (alive & ~last[None]).reshape(n)
+      return replay.add(buf, rows, valid), jnp.mean(out["returns"])
 
     def train(critic_state, key, buf, trans):
       def body(s, i):
         k_d, k_o = jax.random.split(jax.random.fold_in(key, i))
         half = ep_lib.sample_transitions(k_d, trans, bs - bs // 2)
-        j = jax.random.randint(k_o, (bs // 2,), 0, jnp.maximum(buf["size"], 1))
-        online = ep_lib.Transitions(buf["obs"][j], buf["actions"][j], buf["rewards"][j],
-                                    buf["next_obs"][j], buf["dones"][j])
+        online = replay.sample(buf, k_o, bs // 2)
         batch = jax.tree.map(lambda x, y: jnp.concatenate([x, y.astype(x.dtype)]), half,
                              online)
         return iql_update(s, batch)
@@ -305,36 +148,34 @@ class _Online:
     self.trans_n = trans_n
 
   def empty_buffer(self, obs_dim, act_dim):
-    c = self.capacity
-    return {"obs": jnp.zeros((c, obs_dim)), "actions": jnp.zeros((c, act_dim)),
-            "rewards": jnp.zeros((c,)), "next_obs": jnp.zeros((c, obs_dim)),
-            "dones": jnp.zeros((c,)), "ptr": jnp.zeros((), jnp.int32),
-            "size": jnp.zeros((), jnp.int32)}
+    return replay.init(self.capacity, obs_dim, act_dim)
 
 
 def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn,
-                  iql_update, seg_data, trans_n, obs_norm, act_norm, evaluate, writer, key):
+                  iql_update, seg_data, trans_n, obs_norm, act_norm, evaluate, writer, key,
+                  hooks=hooks_lib.NONE):
   """The sequential scheme. Returns ``dict(lora, critic_state, cascade, curve, decisions)``.
 
   ``evaluate(params, critic_params, key, n)`` evaluates full DMC params for the curve and the
-  environment guard (``offline`` builds it with ``align.curve_selection``).
+  environment guard (``align_and_evaluate`` builds it with ``align.curve_selection``).
+  ``key``: the job's alignment stream (:mod:`dmc_jax.train.keys`); ``hooks``: test hooks.
   """
   a = config.align
   sched_cfg = scheduler_config(config)
-  dmc = deployed_dmc(config, dmc)
+  dmc = builders.deployed_dmc(config, dmc)
   reward_fn = make_reward_fn(config, dmc, q_fn, v_fn, obs_norm, act_norm)
   scale = lora_lib.lora_scale(a.lora_rank, a.lora_alpha)
-  k_init, k_upd, k_ctx, k_track, k_curve, k_online = jax.random.split(key, 6)
+  k_init, k_upd, k_ctx, k_track, k_curve, k_online = keys_lib.align_keys(key)
   # Held-out contexts of the tracked reward: fixed for the whole run.
   track_hist = ep_lib.sample_segments(k_track, seg_data, a.track_contexts, dmc.horizon,
                                       dmc.history).history
   track = jax.jit(lambda lora, cp: _track(dmc, reward_fn, base_params, lora, cp, scale,
-                                          jax.random.fold_in(k_track, 1), track_hist))
+                                          jax.random.fold_in(k_track, keys_lib.TRACK_NOISE), track_hist))
   # One placement for every call, so that it compiles once.
   tracker = lambda lora, cp: track(*sharding.on_first_device((lora, cp)))
   def batch_fn(u, poison):
     """The contexts of update ``u`` (traced inside the compiled chunk); ``poison`` is 1, or
-    NaN for a chunk listed in ``align.inject_nan_chunks`` (a test of the NaN guard)."""
+    NaN for a chunk listed in ``hooks.nan_chunks`` (a test of the NaN guard)."""
     return {"hist": ep_lib.sample_segments(jax.random.fold_in(k_ctx, u), seg_data,
                                            a.batch_size, dmc.horizon, dmc.history).history
             * poison}
@@ -352,7 +193,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
     the reference), on the curve's fixed episode seeds."""
     params = merged_params(dmc, base_params, lora, scale)
     em, per_episode = evaluate(params, (critic.q.params, critic.v.params),
-                               jax.random.fold_in(k_curve, 0), config.eval.curve_episodes)
+                               jax.random.fold_in(k_curve, keys_lib.CURVE_SEEDS),
+                               config.eval.curve_episodes)
     return em, {k: np.asarray(v, np.float64).tolist() for k, v in per_episode.items()}
 
   updates = {}
@@ -378,8 +220,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   try:
     restored = ckpt.restore(tree)
     if restored is not None:
-      from dmc_jax.train.offline import check_same_config
-      check_same_config(restored.meta.get("config", {}), config, ckpt.directory, ignore=(),
+      phases.check_same_config(restored.meta.get("config", {}), config, ckpt.directory, ignore=(),
                         hint=f"remove {ckpt.directory} to align again with the new settings, "
                              "or use another --workdir")
       tree, done_updates = restored.tree, restored.step
@@ -405,6 +246,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       writer.write_scalars(0, {"align/curve_return_mean": em["return_mean"],
                                "align/curve_return_std": em["return_std"],
                                "align/track_reward": r0})
+      hooks.at("align:reference_evaluated")
     while not sched.done:
       name = sequential.stage(sched_cfg, sched)
       aligner, tx, update = get_update(name, sched.pass_idx)
@@ -415,7 +257,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       st = base_lib.set_learning_rate(st, stage_lr(config, name) * sched.lr_scale)
       critic_params = (tree["critic"].q.params, tree["critic"].v.params)
       chunk_no = done_updates // a.updates_per_chunk + 1
-      poison = np.float32(np.nan if chunk_no in tuple(a.inject_nan_chunks) else 1.0)
+      poison = np.float32(np.nan if chunk_no in tuple(hooks.nan_chunks) else 1.0)
       # One compiled scan over the chunk's updates, one host sync for its metrics.
       st, m = update(st, base_params, critic_params, k_upd, np.int32(done_updates), poison)
       m = {k: np.asarray(v, np.float64) for k, v in jax.device_get(m).items()}
@@ -430,7 +272,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
         buf_new, online_return = online.collect(params, critic_params,
                                                 jax.random.fold_in(k_online, step),
                                                 tree["buffer"])
-        k_critic = jax.random.fold_in(jax.random.fold_in(k_online, 1 << 30), step)
+        k_critic = jax.random.fold_in(jax.random.fold_in(k_online, keys_lib.ONLINE_CRITIC),
+                                      step)
         critic_new, cm = online.train(tree["critic"], k_critic, buf_new, trans_n)
         new_tree.update(buffer=buf_new, critic=critic_new)
         summary.update(online_return=float(online_return),
@@ -476,17 +319,20 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                                     "align/curve_return_std": em["return_std"]})
         print(f"  eval after {name}: return {em['return_mean']:.2f} ± {em['return_std']:.2f}",
               flush=True)
+        hooks.at("align:curve_evaluated")
       sched = sched_new
       meta = {"config": json.loads(config.to_json()), "phase": "align",
               "scheduler": sched.to_json(), "curve": [list(p) for p in curve_pts],
               "guard_ref": guard_ref}
+      hooks.at("align:before_checkpoint")
       ckpt.save(done_updates, tree, meta)  # after a rollback: the good state, new position
+      hooks.at("align:after_checkpoint")
   finally:
     ckpt.close()
   cascade = None
   if a.cascade.enabled:
     cascade = train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale,
-                            batch_fn, key, writer)
+                            batch_fn, key, writer, hooks)
   return {"lora": tree["state"].params, "critic_state": tree["critic"], "cascade": cascade,
           "curve": curve_pts, "decisions": decisions.rows(), "lora_scale": scale}
 
@@ -510,10 +356,9 @@ def _track(dmc, reward_fn, base_params, lora, critic_params, scale, key, hist):
 
 
 def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, batch_fn, key,
-                  writer):
+                  writer, hooks=hooks_lib.NONE):
   """Trains the cascade on pairs from the aligned model (own checkpoint, resumable), one
   compiled chunk of ``align.updates_per_chunk`` updates per checkpoint."""
-  from dmc_jax.train import builders
   c = config.align.cascade
   first = merged_params(dmc, base_params, tree["state"].params, scale)
   spec = cascade_lib.make_cascade(
@@ -521,11 +366,11 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, bat
       share_step=c.share_step, block=tuple(c.block), hidden=c.hidden,
       num_candidates=c.num_candidates, passes=c.passes, lora_rank=config.align.lora_rank)
   tx = base_lib.make_optimizer(c.lr)
-  k_init, k_upd = jax.random.split(jax.random.fold_in(key, 7))
+  k_init, k_upd = jax.random.split(jax.random.fold_in(key, keys_lib.CASCADE))
   state = spec.init(k_init, first, tx, batch_fn(0, 1.0)["hist"][:1])
   crit = (tree["critic"].q.params, tree["critic"].v.params)
-  # The cascade's contexts: the alignment's stream, from update 10^7 on.
-  cascade_batch = lambda u, aux: batch_fn(10_000_000 + u, aux)
+  # The cascade's contexts: the alignment's stream, from update CASCADE_CONTEXTS on.
+  cascade_batch = lambda u, aux: batch_fn(keys_lib.CASCADE_CONTEXTS + u, aux)
   chunks = {}
 
   def get_chunk(n):
@@ -552,9 +397,67 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, bat
       writer.write_scalars(step, {f"cascade/{k}": v for k, v in summary.items()})
       print(f"cascade {step}/{c.updates}: loss {summary['loss']:.4f} kept "
             f"{summary['kept']:.2f} gain {summary['gain']:.4f}", flush=True)
+      hooks.at("cascade:before_checkpoint")
       ckpt.save(step, state, {"config": json.loads(config.to_json()), "phase": "cascade"})
+      hooks.at("cascade:after_checkpoint")
   finally:
     ckpt.close()
   # The eager merge needs ``state`` where ``first`` is (a mesh update returns it replicated).
   state = sharding.on_first_device(state)
   return {"dmc": spec.wrap(dmc), "params": spec.inference_params(first, state, scale)}
+
+
+def align_and_evaluate(config, workdir, *, dmc, base_params, critic, critic_fns, seg_data,
+                       trans_n, obs_norm, act_norm, env_info, writer, key, k_eval,
+                       hooks=hooks_lib.NONE):
+  """Aligns the pretrained DMC and evaluates reference vs aligned for every selection in
+  ``align.eval_selections`` on the same episode seeds (``fold_in(k_eval, EVAL_ALIGN)``). The
+  alignment curve and the environment guard evaluate with ``align.curve_selection``.
+  ``critic``: the IQL state; ``critic_fns``: :func:`builders.make_critic`'s result."""
+  q_fn, v_fn = critic_fns.q_fn, critic_fns.v_fn
+
+  def evaluator(selection, model):
+    cfg = config.copy_and_resolve_references()
+    cfg.eval.selection = selection
+    return evaluators.make_evaluator(cfg, model, obs_norm, act_norm, q_fn, v_fn, env_info)
+
+  # The policy that alignment optimises is the one evaluated before and after it.
+  deployed = builders.deployed_dmc(config, dmc)
+  other = None  # the RL stage's sampler, when the deployed one differs from it
+  if builders.uses_policy_gradient(config) and config.align.deploy_sampler != "rl":
+    other = builders.rl_sampler_dmc(config, dmc)
+  out = run_alignment(
+      config, workdir, dmc=dmc, base_params=base_params, critic_state=critic, q_fn=q_fn,
+      v_fn=v_fn, iql_update=critic_fns.update, seg_data=seg_data, trans_n=trans_n,
+      obs_norm=obs_norm, act_norm=act_norm,
+      evaluate=evaluator(config.align.curve_selection, deployed), writer=writer, key=key,
+      hooks=hooks)
+  params = merged_params(dmc, base_params, out["lora"], out["lora_scale"])
+  ref_critic = (critic.q.params, critic.v.params)
+  new_critic = (out["critic_state"].q.params, out["critic_state"].v.params)
+  results = {}
+  k = jax.random.fold_in(k_eval, keys_lib.EVAL_ALIGN)
+
+  def row_of(ev, p, cp):
+    m, r = ev(p, cp, k, config.eval.num_episodes)
+    return dict(m, **{f"return_{s}": v for s, v in results_lib.stats(r["return"]).items()})
+
+  hooks.at("align:final_evaluation")
+  for selection in config.align.eval_selections:
+    ev = evaluator(selection, deployed)
+    row = {"before": row_of(ev, base_params, ref_critic), "after": row_of(ev, params, new_critic)}
+    if out["cascade"] is not None:
+      row["cascade"] = row_of(evaluator(selection, out["cascade"]["dmc"]),
+                              out["cascade"]["params"], new_critic)
+    if other is not None:
+      ev_rl = evaluator(selection, other)
+      row["before_rl_sampler"] = row_of(ev_rl, base_params, ref_critic)
+      row["after_rl_sampler"] = row_of(ev_rl, params, new_critic)
+    results[selection] = row
+    writer.write_scalars(config.train.steps, {
+        f"eval/align_{selection}_{n}_return_mean": v["return_mean"] for n, v in row.items()})
+    print(f"alignment, selection={selection}: " + "; ".join(
+        f"{n} {v['return_mean']:.2f} ± {v['return_std']:.2f} (CI ± {v['return_ci95']:.2f})"
+        for n, v in row.items()), flush=True)
+  return {"params": params, "critic_params": new_critic, "results": results,
+          "curve": out["curve"]}

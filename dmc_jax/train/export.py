@@ -17,7 +17,10 @@ import optax
 from dmc_jax.critics import iql
 from dmc_jax.data.episodes import Normalizer
 from dmc_jax.networks.lora import merge_lora
+from dmc_jax.eval import evaluators
 from dmc_jax.train import builders, checkpoint
+from dmc_jax.train import keys as keys_lib
+from dmc_jax.train.results import model_bundle
 
 FORMAT = "dmc_jax.artifact/1"
 
@@ -31,11 +34,10 @@ class Artifact(NamedTuple):
 
 
 def _bundle_target(config, obs_dim: int, act_dim: int) -> dict:
-  from dmc_jax.train.offline import model_bundle
   dmc = builders.make_dmc(config, obs_dim, act_dim, clip_x0=None)  # shapes only
-  q_mod, v_mod, *_ = builders.make_critic(config)
-  st = iql.init_iql(jax.random.key(0), q_mod, v_mod, obs_dim, act_dim, optax.sgd(0.0),
-                    optax.sgd(0.0))
+  critic = builders.make_critic(config)
+  st = iql.init_iql(jax.random.key(0), critic.q_module, critic.v_module, obs_dim, act_dim,
+                    optax.sgd(0.0), optax.sgd(0.0))
   norm = lambda d: Normalizer(jax.numpy.zeros(d), jax.numpy.ones(d))
   return model_bundle(dmc.init(jax.random.key(0)), (st.q.params, st.v.params), norm(obs_dim),
                       norm(act_dim))
@@ -93,28 +95,27 @@ def load(out_dir: str) -> Artifact:
 def evaluate(out_dir: str, num_episodes: int | None = None, seed: int | None = None,
              q_fn_factory=None, key_index: int = 0) -> dict:
   """The training job's final evaluation, from the artifact alone (same keys for the same
-  seed, so it reproduces ``results.json``). ``key_index`` 2 draws the episode seeds of the
-  job's alignment before/after rows instead; ``q_fn_factory(config, obs_norm, act_norm)``
+  seed, so it reproduces ``results.json``). ``key_index`` ``keys.EVAL_ALIGN`` draws the
+  episode seeds of the job's alignment before/after rows instead; ``q_fn_factory(config, obs_norm, act_norm)``
   replaces the learned critic in selection (one head; e.g. :func:`dmc_jax.eval.oracle.
   oracle_q_fn`)."""
-  from dmc_jax.train import offline
   art = load(out_dir)
   config = art.config
   if config.task != "nav1d":
     raise NotImplementedError("artifact evaluation runs Nav1D; use launch.train for others")
   dmc = builders.make_dmc(config, art.obs_norm.shift.shape[0], art.act_norm.shift.shape[0])
   if config.align.stages:  # an aligned model acts with the sampler it was aligned for
-    from dmc_jax.train import align
-    dmc = align.deployed_dmc(config, dmc)
-  _, _, q_fn, v_fn, *_ = builders.make_critic(config)
+    dmc = builders.deployed_dmc(config, dmc)
+  critic = builders.make_critic(config)
+  q_fn, v_fn = critic.q_fn, critic.v_fn
   if q_fn_factory is not None:
     q_fn = q_fn_factory(config, art.obs_norm, art.act_norm)
     config = config.copy_and_resolve_references()
     config.critic.q_agg = "min"
-  evaluate_fn = offline.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
+  evaluate_fn = evaluators.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
                                        {"dataset_id": config.data.dataset})
-  k_eval = jax.random.split(jax.random.key(config.seed if seed is None else seed), 4)[3]
+  job_keys = keys_lib.job_keys(config.seed if seed is None else seed)
   metrics, _ = evaluate_fn(art.dmc_params, art.critic_params,
-                           jax.random.fold_in(k_eval, key_index),
+                           keys_lib.eval_key(job_keys, key_index),
                            num_episodes or config.eval.num_episodes)
   return metrics

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dmc_jax.placement import on_first_device  # noqa: F401  (re-exported for the shells)
+
 DATA = "data"
 PARALLEL = ("none", "pmap", "shard_map")
 
@@ -83,14 +85,6 @@ def _placed(fn, placement):
   def call(*args):
     return fn(*jax.device_put(args, placement))
   return call
-
-
-def on_first_device(tree):
-  """``tree`` committed to the first local device: the one placement that single-device
-  programs (evaluators, the tracked reward) get, whether a leaf is fresh, restored, or
-  replicated over the alignment's mesh. A jitted function compiles again for every new
-  input placement (committed and uncommitted count as different)."""
-  return jax.device_put(tree, jax.local_devices()[0])
 
 
 def parallelize_chunk(build: Callable, mode: str, batch_fn: Callable, num_updates: int,

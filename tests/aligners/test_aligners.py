@@ -21,7 +21,8 @@ def setup(model="dp"):
   c = nav1d_config.get_config(f"{model},full,smoke")
   dmc = builders.make_dmc(c, OBS, ACT)
   params = dmc.init(jax.random.key(0))
-  q_mod, v_mod, q_fn, _, _, _, _ = builders.make_critic(c)
+  cr = builders.make_critic(c)
+  q_mod, v_mod, q_fn = cr.q_module, cr.v_module, cr.q_fn
   qp = jax.jit(q_mod.init)(jax.random.key(1), jnp.zeros((1, OBS)), jnp.zeros((1, ACT)))["params"]
   vp = jax.jit(v_mod.init)(jax.random.key(2), jnp.zeros((1, OBS)))["params"]
   hist = jax.random.uniform(jax.random.key(3), (8, dmc.history, OBS), minval=-1, maxval=1)

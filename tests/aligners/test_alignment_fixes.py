@@ -17,7 +17,7 @@ from dmc_jax.diffusion import ddim, losses, schedules
 from dmc_jax.models.dmc import Proposal, Sampling
 from dmc_jax.networks.critic import EnsembleQ, TwinQ
 from dmc_jax.train import align as align_lib
-from dmc_jax.train import builders, offline
+from dmc_jax.train import builders, validation
 
 OBS, ACT = 4, 1
 
@@ -89,17 +89,17 @@ class ClipTest(absltest.TestCase):
   def test_validation_refuses_a_clip_that_cuts_the_data(self):
     trans = lambda a: type("T", (), {"obs": np.zeros((3, OBS)), "actions": a})
     c = nav1d_config.get_config("dp,full,smoke")
-    offline.check_clip(c, trans(np.array([[-1.0], [0.2], [1.0]])))   # minmax: inside ±1
+    validation.check_clip(c, trans(np.array([[-1.0], [0.2], [1.0]])))   # minmax: inside ±1
     c.data.normalizer = "gaussian"
     with self.assertRaisesRegex(ValueError, r"clip_x0=1 cuts the normalised data.*actions "
                                             r"reach 2\.5"):
-      offline.check_clip(c, trans(np.array([[-2.5], [0.1], [1.3]])))
+      validation.check_clip(c, trans(np.array([[-2.5], [0.1], [1.3]])))
     c.diffusion.clip_x0 = 0.0
-    offline.check_clip(c, trans(np.array([[-2.5], [0.1], [1.3]])))
+    validation.check_clip(c, trans(np.array([[-2.5], [0.1], [1.3]])))
     # Diffuser diffuses the observations too.
     d = nav1d_config.get_config("diffuser,full,smoke")
     with self.assertRaisesRegex(ValueError, "obs reach 3"):
-      offline.check_clip(d, type("T", (), {"obs": np.full((2, OBS), 3.0),
+      validation.check_clip(d, type("T", (), {"obs": np.full((2, OBS), 3.0),
                                            "actions": np.zeros((2, ACT))}))
 
   def test_auto_clip_is_the_data_range(self):
@@ -109,15 +109,15 @@ class ClipTest(absltest.TestCase):
     self.assertEqual(c.diffusion.clip_x0, -1.0)
     trans = type("T", (), {"obs": np.full((3, OBS), 40.0),
                            "actions": np.array([[-2.5], [0.1], [1.3]])})
-    r = offline.resolve_clip(c, trans)
+    r = validation.resolve_clip(c, trans)
     self.assertAlmostEqual(r.diffusion.clip_x0, 2.5, places=5)    # DP: the actions only
     self.assertEqual(c.diffusion.clip_x0, -1.0)                   # the input is not changed
-    offline.check_clip(r, trans)
+    validation.check_clip(r, trans)
     with self.assertRaisesRegex(ValueError, "clip_x0=-1 \\(auto\\) is resolved"):
       builders.make_dmc(c, OBS, ACT)
     c.diffusion.clip_x0 = -2.0
     with self.assertRaisesRegex(ValueError, "diffusion.clip_x0=-2.0 is invalid"):
-      offline.validate_config(c)
+      validation.validate_config(c)
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,7 +136,7 @@ class DeployedSamplerTest(absltest.TestCase):
     c, dmc, params, hist = setup()
     c = c.copy_and_resolve_references()
     c.align.rl.stochastic_scale, c.align.rl.min_std = 0.7, 0.05
-    deployed = align_lib.deployed_dmc(c, dmc)
+    deployed = builders.deployed_dmc(c, dmc)
     x_T = jax.random.normal(jax.random.key(1), (4, dmc.horizon, ACT))
     cond = hist.reshape(4, -1)
     key = jax.random.key(2)
@@ -154,14 +154,14 @@ class DeployedSamplerTest(absltest.TestCase):
     self.assertGreater(float(jnp.max(jnp.abs(p1 - p2))), 1e-3)
     # deploy_sampler="config" keeps the configured sampler (and the job reports both).
     c.align.deploy_sampler = "config"
-    same = align_lib.deployed_dmc(c, dmc).sampling.gen.sample(params, key, x_T, cond).x_0
+    same = builders.deployed_dmc(c, dmc).sampling.gen.sample(params, key, x_T, cond).x_0
     np.testing.assert_array_equal(same, config_x0)
 
   def test_a_deterministic_rl_sampler_is_refused(self):
     c = nav1d_config.get_config("dp,full,smoke")
     c.align.rl.stochastic_scale = 0.0
     with self.assertRaisesRegex(ValueError, "rl.stochastic_scale=0.0 is invalid"):
-      offline.validate_config(c)
+      validation.validate_config(c)
 
 
 class LossWeightsTest(absltest.TestCase):
@@ -398,7 +398,9 @@ class EnsembleCriticTest(absltest.TestCase):
   def test_iql_update_with_ten_heads(self):
     c = nav1d_config.get_config("dp,full,smoke")
     c.critic.num_q = 10
-    q_mod, v_mod, q_fn, v_fn, update, tx_q, tx_v = builders.make_critic(c)
+    cr = builders.make_critic(c)
+    q_mod, v_mod, q_fn, v_fn, update, tx_q, tx_v = (cr.q_module, cr.v_module, cr.q_fn, cr.v_fn,
+                                                    cr.update, cr.tx_q, cr.tx_v)
     from dmc_jax.critics import iql
     from dmc_jax.data.episodes import Transitions
     st = iql.init_iql(jax.random.key(0), q_mod, v_mod, OBS, ACT, tx_q, tx_v)
@@ -459,11 +461,11 @@ class PlanRewardTest(absltest.TestCase):
     c.align.reward = "plan_q"
     c.model.execute_steps = 2
     with self.assertRaisesRegex(ValueError, "align.reward='plan_q' is invalid"):
-      offline.validate_config(c)
+      validation.validate_config(c)
     c = nav1d_config.get_config("dp,full,smoke")
     c.align.dynamics_coef = 1.0
     with self.assertRaisesRegex(ValueError, "align.dynamics_coef=1.0 is invalid"):
-      offline.validate_config(c)
+      validation.validate_config(c)
 
 
 if __name__ == "__main__":

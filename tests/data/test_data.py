@@ -108,6 +108,8 @@ class ValidationTest(parameterized.TestCase):
 
   def test_write_validates_first(self):
     import gymnasium as gym
+    from dmc_jax.envs import registry
+    registry.register_all()
     env = gym.make("dmc_jax/Nav1D-v0")
     with self.assertRaisesRegex(ValueError, "non-finite"):
       eps = _episodes()

@@ -6,11 +6,12 @@ import minari
 import numpy as np
 from absl.testing import absltest
 
-import dmc_jax.envs  # noqa: F401  (registers dmc_jax/MetaWorld-v0)
+from dmc_jax.envs import registry
+registry.register_all()
 from dmc_jax.data import gym_data, minari_io
 from dmc_jax.envs import metaworld as mw_env
 from dmc_jax.eval import gym_rollout
-from dmc_jax.train import offline
+from dmc_jax.eval import evaluators
 
 
 class MetaWorldEnvTest(absltest.TestCase):
@@ -94,7 +95,7 @@ class DatasetTest(absltest.TestCase):
     ret = eps.returns()
     expected = 100 * (ret - lo) / (hi - lo)
     np.testing.assert_allclose(100 * minari.get_normalized_score(loaded, ret), expected)
-    np.testing.assert_allclose([offline.normalized_score(r, (lo, hi)) for r in ret], expected)
+    np.testing.assert_allclose([evaluators.normalized_score(r, (lo, hi)) for r in ret], expected)
 
   def test_missing_generated_dataset_says_which_script_makes_it(self):
     with self.assertRaisesRegex(FileNotFoundError, r"launch.make_metaworld_data "

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-import dmc_jax.envs  # noqa: F401  (registers dmc_jax/Nav1D-v0)
+from dmc_jax.envs import registry
+registry.register_all()
 from dmc_jax.envs import nav1d
 
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-import dmc_jax.envs  # noqa: F401
+from dmc_jax.envs import registry
+registry.register_all()
 from dmc_jax.envs import nav1d
 from dmc_jax.eval import coherency, gym_rollout
 from dmc_jax.eval import rollout as rollout_lib

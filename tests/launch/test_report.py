@@ -18,6 +18,7 @@ def _workdir(root, name, dataset, model, before, after, online_at=None):
   wd = os.path.join(root, name)
   os.makedirs(wd)
   res = {"dataset": dataset, "model": model, "sampler": "ddim", "wall_clock_s": 12.0,
+         "selection": "argmax", **before, "dataset_return": 0.5, "random_return": None,
          "align": {"first": {"before": before, "after": after}},
          "align_curve": [[0, before["return_mean"], before["return_std"], 0, 1, "reference"],
                          [20, after["return_mean"], after["return_std"], 0, 1, "rl (pass 0)"]]}
@@ -78,23 +79,46 @@ class ReportTest(absltest.TestCase):
       self.assertIn("change of the mean return +12.67", text)
       self.assertGreater(os.path.getsize(os.path.join(out, "align_curves.png")), 1000)
 
-  def test_align_table_reuses_finished_cells_and_reports(self):
+  def test_grid_reuses_finished_cells_and_reports(self):
     root_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with tempfile.TemporaryDirectory() as root:
       _workdir(root, "dp_button-press_medium_ddim", "dmc_jax/metaworld/button-press/medium-v0",
                "diffusion_policy", _row(1.0, 1.0, success_rate=0.0),
                _row(2.0, 1.0, success_rate=0.5))
       proc = subprocess.run(
-          [sys.executable, "-m", "launch.align_table", "--suite=metaworld", "--models=dp",
+          [sys.executable, "-m", "launch.grid", "--suite=metaworld", "--models=dp",
            "--datasets=button-press:medium", f"--workdir={root}"], cwd=root_dir,
           capture_output=True, text=True, timeout=300)
       self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
       text = open(os.path.join(root, "report.md")).read()
       self.assertIn("(success 0.00 -> 0.50)", text)
+      table = open(os.path.join(root, "table.md")).read()
+      self.assertIn("| dmc_jax/metaworld/button-press/medium-v0 | diffusion_policy | ddim | "
+                    "argmax | 1.00 ± 1.00 | ± 0.49 | 0.50 | - |", table)
       proc = subprocess.run([sys.executable, "-m", "launch.report", root], cwd=root_dir,
                             capture_output=True, text=True, timeout=300)
       self.assertNotEqual(proc.returncode, 0)
       self.assertIn("--out", proc.stderr)
+
+  def test_results_table_and_figures(self):
+    import matplotlib
+    backend = matplotlib.get_backend()
+    r = {"dataset": "d", "model": "m", "sampler": "ddim", "selection": "first",
+         "return_mean": 2.0, "return_std": 1.0, "return_ci95": 0.25, "dataset_return": 1.5,
+         "random_return": -1.0, "plan_coherency": 0.75, "curve": [[0, 1.0, 0.5], [10, 2.0, 1.0]]}
+    rows = report.results_table([r, dict(r, model="n", random_return=None)]).splitlines()
+    self.assertEqual(rows[0], "| dataset | model | sampler | selection | return | 95% CI | "
+                              "dataset return | random return | plan coherency |")
+    self.assertEqual(rows[2], "| d | m | ddim | first | 2.00 ± 1.00 | ± 0.25 | 1.50 | -1.00 | "
+                              "0.750 |")
+    self.assertIn("| n | ddim | first | 2.00 ± 1.00 | ± 0.25 | 1.50 | - |", rows[3])
+    fig = report.curve_figure([report.learning_panel(r)] * 3, ncol=2)
+    self.assertLen(fig.axes, 4)  # 2 × 2, the fourth hidden
+    line = fig.axes[0].lines[0]
+    self.assertEqual(list(line.get_ydata()), [1.0, 2.0])
+    self.assertEqual([l.get_label() for l in fig.axes[0].lines[1:]], ["dataset",
+                                                                     "random policy"])
+    self.assertEqual(matplotlib.get_backend(), backend)  # never switched
 
   def test_unaligned_run_is_a_clear_error(self):
     with tempfile.TemporaryDirectory() as root:

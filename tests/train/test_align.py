@@ -10,7 +10,7 @@ from absl.testing import absltest
 
 from configs import nav1d as nav1d_config
 from dmc_jax.train import align as align_lib
-from dmc_jax.train import checkpoint, offline
+from dmc_jax.train import checkpoint, hooks, offline, validation
 
 
 def smoke(**align):
@@ -28,10 +28,9 @@ def smoke(**align):
 class AlignJobTest(absltest.TestCase):
 
   def test_rollback_online_cascade_and_results(self):
-    c = smoke(inject_nan_chunks=(2,), online__enabled=True, cascade__enabled=True,
-              max_chunks=3, parallel="shard_map")
+    c = smoke(online__enabled=True, cascade__enabled=True, max_chunks=3, parallel="shard_map")
     with tempfile.TemporaryDirectory() as wd:
-      results = offline.train_and_evaluate(c, wd)
+      results = offline.train_and_evaluate(c, wd, hooks.Hooks(nan_chunks=(2,)))
       with open(os.path.join(wd, "decisions.jsonl")) as f:
         decisions = [json.loads(line) for line in f]
       # Chunk 2 saw NaN input: every update was skipped -> rollback, learning rate halved.
@@ -129,7 +128,7 @@ class AlignConfigTest(absltest.TestCase):
 
   def check(self, message, **align):
     with self.assertRaisesRegex(ValueError, message):
-      offline.validate_config(smoke(**align))
+      validation.validate_config(smoke(**align))
 
   def test_bad_align_values_name_the_key(self):
     self.check(r"align.stages=.*stage names", stages=("rl", "ppo"))
@@ -146,14 +145,14 @@ class AlignConfigTest(absltest.TestCase):
     c = smoke()
     c.diffusion.sampler = "ode"
     with self.assertRaisesRegex(ValueError, r"align.rl.method='ppo'.*qgrad"):
-      offline.validate_config(c)
+      validation.validate_config(c)
 
   def test_unknown_align_key(self):
     c = smoke()
     with c.unlocked():
       c.align.rl.betta = 1.0
     with self.assertRaisesRegex(ValueError, r"config.align.rl.betta is not a known key"):
-      offline.validate_config(c)
+      validation.validate_config(c)
 
 
 if __name__ == "__main__":

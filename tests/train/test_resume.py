@@ -4,7 +4,7 @@ import tempfile
 
 from absl.testing import absltest
 
-from launch import fault_injection as fi
+from dmc_jax.train import faults as fi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "default.py") + ":smoke"

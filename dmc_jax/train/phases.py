@@ -1,0 +1,115 @@
+"""Resumable phases (SHELL helper): run a phase chunk by chunk from its latest checkpoint,
+rewind the metrics a resumed phase writes again, and refuse a checkpoint made with another
+config. Used by pretraining (critic, DMC) and alignment; imports nothing above it.
+"""
+import json
+import os
+
+import numpy as np
+from flax import traverse_util
+
+from dmc_jax.train import checkpoint
+from dmc_jax.train import hooks as hooks_lib
+from dmc_jax.train import logging as logging_lib
+
+
+def write_atomic(path, text):
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def chunked(start, total, chunk):
+  done = start
+  while done < total:
+    n = min(chunk, total - done)
+    yield done, n
+    done += n
+
+
+PHASES = ("critic", "dmc", "align", "eval")
+_PREFIX_PHASE = {"critic": 0, "train": 1, "curve": 1, "align": 2, "cascade": 2, "eval": 3}
+# Keys that may change between a run and its resumption (they do not change what is trained).
+RESUMABLE_KEYS = ("train.steps", "critic.steps")
+RESUMABLE_GROUPS = ("eval.",)
+
+
+def row_phase(row) -> int:
+  for k in row:
+    if "/" in k:
+      return _PREFIX_PHASE.get(k.split("/")[0], 3)
+  return 3
+
+
+# The pretraining phases do not depend on the ``align`` group: a pretrained workdir can be
+# aligned again with other settings (after removing ``checkpoints/align``).
+PRETRAIN_IGNORED = ("align.",)
+
+
+def check_same_config(saved: dict, config, where: str, ignore: tuple = PRETRAIN_IGNORED,
+                      hint: str = "use another --workdir, or the checkpoint's config") -> None:
+  """A checkpoint made with another config is an error naming the differing keys."""
+  now = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+  old = traverse_util.flatten_dict(saved, sep=".")
+  skip = RESUMABLE_GROUPS + tuple(ignore)
+  diff = [k for k in sorted(set(now) | set(old)) if not k.startswith(skip)
+          and k not in RESUMABLE_KEYS and now.get(k) != old.get(k)]
+  if diff:
+    shown = "; ".join(f"{k}: {old.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
+                      for k in diff[:6])
+    raise checkpoint.CheckpointMismatchError(
+        f"{where} holds a checkpoint made with a different config ({shown}); {hint}")
+
+
+def summarize(metrics, name, done, step) -> dict:
+  """Chunk means over the finite updates; all updates non-finite is an error (the state is
+  unchanged, so the last checkpoint stays good)."""
+  m = {k: np.asarray(v) for k, v in metrics.items()}
+  bad = m.pop("nonfinite") > 0
+  if bad.all():
+    raise FloatingPointError(
+        f"all {len(bad)} {name} updates of steps {done + 1}..{step} were non-finite and "
+        f"skipped; the state (and the last checkpoint) is still that of step {done}")
+  out = {k: float(v[~bad].mean()) for k, v in m.items()}
+  out["nonfinite"] = float(bad.sum())
+  return out
+
+
+def run_phase(name: str, workdir: str, config, state, *, total: int, chunk: int, run_chunk,
+              writer, log_fn, after_chunk=None, hooks=hooks_lib.NONE):
+  """Runs ``run_chunk(state, start, n) -> (state, metrics)`` from the latest checkpoint of
+  ``workdir/checkpoints/<name>`` to ``total`` steps, saving after every chunk.
+
+  Randomness depends only on the step index, so a resumed phase redraws the same keys and ends
+  bit-for-bit where an uninterrupted one would (on CPU). ``hooks.at`` is called at the
+  phase's start, after each chunk's rows and before and after its checkpoint.
+  """
+  phase = PHASES.index(name)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", name),
+                                 max_to_keep=config.train.keep_checkpoints)
+  try:
+    restored = ckpt.restore(state)
+    start = 0
+    if restored is not None:
+      check_same_config(restored.meta.get("config", {}), config, ckpt.directory)
+      state, start = restored.tree, restored.step
+      print(f"resumed {name} from step {start} ({ckpt.directory})", flush=True)
+    if start < total:  # rows this phase (and every later one) will write again
+      writer.rewind(lambda r: row_phase(r) < phase or (
+          row_phase(r) == phase and r["step"] <= start))
+    hooks.at(f"{name}:start")
+    meta = {"config": json.loads(config.to_json()), "phase": name}
+    progress = logging_lib.Progress(f"train {name}", total)
+    for done, n in chunked(start, total, chunk):
+      state, m = run_chunk(state, done, n)
+      step = done + n
+      m = summarize(m, name, done, step)
+      log_fn(step, m, progress)
+      if after_chunk is not None:
+        after_chunk(state, step)
+      hooks.at(f"{name}:before_checkpoint")
+      ckpt.save(step, state, meta)
+      hooks.at(f"{name}:after_checkpoint")
+  finally:
+    ckpt.close()
+  return state

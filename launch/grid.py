@@ -1,0 +1,105 @@
+"""Runs a grid of cells (models × datasets [× selections]), each one main job, and writes
+the report.
+
+  python -m launch.grid --workdir=/tmp/grid                      # Nav1D: 3 models × 2 datasets
+  python -m launch.grid --suite=metaworld --models=dp --workdir=/tmp/mw \\
+      [--datasets=button-press:medium,drawer-open:medium,sweep-into:medium,plate-slide:medium]
+  python -m launch.grid --suite=mujoco --workdir=/tmp/mj --datasets=hopper:ars
+  python -m launch.grid --datasets=partial,full,expert --selections=argmax,first \\
+      --workdir=/tmp/nav1d_table --override=align.stages=                # pretraining only
+
+Each cell is ``launch.train`` on ``configs/SUITE.py:MODEL,DATASET`` (a ``:`` in a dataset entry
+becomes a ``,``) in its own workdir under ``--workdir``; finished cells are reused, so the
+command can be re-run after an interruption. Then writes, with :mod:`dmc_jax.eval.report`,
+``WORKDIR/table.md`` (every cell's pretrained result) and, over the aligned cells,
+``WORKDIR/report.md`` (before -> after per model, sampler, dataset and selection, like the
+seed paper's Tables 2-3) and ``WORKDIR/align_curves.png``.
+"""
+import ast
+import importlib
+import json
+import os
+import time
+
+from absl import app, flags
+
+from dmc_jax.eval import report
+from dmc_jax.train import compile_cache, loop
+
+SUITES = {"nav1d": ["partial", "full"],
+          "metaworld": [f"{t}:medium" for t in ("button-press", "drawer-open", "sweep-into",
+                                                "plate-slide")],
+          "mujoco": ["hopper:ars"]}
+
+WORKDIR = flags.DEFINE_string("workdir", None, "root of the per-cell workdirs", required=True)
+SUITE = flags.DEFINE_enum("suite", "nav1d", list(SUITES), "config file configs/SUITE.py")
+MODELS = flags.DEFINE_list("models", ["diffuser", "dd", "dp"], "models to run")
+DATASETS = flags.DEFINE_list("datasets", None, "dataset entries (default: the suite's)")
+SELECTIONS = flags.DEFINE_list("selections", None, "eval.selection of the cells (default: "
+                               "the config's; each one is its own cell)")
+SAMPLER = flags.DEFINE_string("sampler", "ddim", "diffusion sampler of every cell")
+SEED = flags.DEFINE_integer("seed", 0, "seed of every cell")
+OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE set in every cell's config "
+                                      "(a Python literal; empty: an empty tuple)")
+CACHE = flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache "
+                            "directory ('off' disables; see dmc_jax.train.compile_cache)")
+
+
+def _set(config, item: str) -> None:
+  key, _, text = item.partition("=")
+  try:
+    value = ast.literal_eval(text) if text else ()
+  except (ValueError, SyntaxError):
+    value = text
+  *groups, name = key.split(".")
+  node = config
+  for g in groups:
+    node = node[g]
+  if name not in node:
+    raise app.UsageError(f"--override={item}: config has no key {key!r}")
+  node[name] = value
+
+
+def cells():
+  """``(workdir, config)`` of every cell of the flags' grid."""
+  module = importlib.import_module(f"configs.{SUITE.value}")
+  for dataset in DATASETS.value or SUITES[SUITE.value]:
+    for model in MODELS.value:
+      for selection in SELECTIONS.value or [None]:
+        c = module.get_config(f"{model},{dataset.replace(':', ',')}")
+        c.diffusion.sampler, c.seed = SAMPLER.value, SEED.value
+        name = f"{model}_{dataset.replace(':', '_')}_{SAMPLER.value}"
+        if selection is not None:
+          c.eval.selection = selection
+          name += f"_{selection}"
+        for item in OVERRIDES.value:
+          _set(c, item)
+        yield os.path.join(WORKDIR.value, name), c
+
+
+def main(argv):
+  del argv
+  compile_cache.enable(CACHE.value)
+  done = []
+  for wd, config in cells():
+    if not os.path.exists(os.path.join(wd, "results.json")):
+      t0 = time.time()
+      loop.train_and_evaluate(config, wd)
+      print(f"{os.path.basename(wd)}: {time.time() - t0:.0f} s", flush=True)
+    done.append(wd)
+  results = []
+  for wd in done:
+    with open(os.path.join(wd, "results.json")) as f:
+      results.append(json.load(f))
+  os.makedirs(WORKDIR.value, exist_ok=True)
+  table = report.results_table(results)
+  with open(os.path.join(WORKDIR.value, "table.md"), "w") as f:
+    f.write(table)
+  print(table)
+  aligned = [report.as_run(r, wd) for r, wd in zip(results, done) if "align" in r]
+  if aligned:
+    print(report.write_report(aligned, WORKDIR.value, f"{SUITE.value} alignment results"))
+
+
+if __name__ == "__main__":
+  app.run(main)
