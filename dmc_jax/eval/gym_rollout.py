@@ -10,7 +10,9 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
                 max_steps: int, history: int = 1, execute_steps: int = 1,
                 seeds=None) -> dict:
   """Runs ``num_episodes`` episodes in a ``SyncVectorEnv`` and returns ``returns [E]``,
-  ``lengths [E]``, ``obs [E, T, O]``, ``actions [E, T, A]``, ``alive [E, T]``, and
+  ``lengths [E]``, ``obs [E, T, O]``, ``actions [E, T, A]``, ``alive [E, T]``, the
+  transitions' ``rewards [E, T]``, ``next_obs [E, T, O]`` (the true next observation, also
+  at an episode's end) and ``terminated [E, T]`` (a terminal state, not a time limit), and
   ``success [E]`` (1 where ``info["success"]`` was set at some step) when the env reports it.
 
   ``act_fn(key, history [E, K, O]) -> actions [E, X, A]`` (jit it); re-plans every
@@ -31,7 +33,7 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
   rets = np.zeros(num_episodes)
   lengths = np.zeros(num_episodes, np.int64)
   success = None
-  rec_obs, rec_act, rec_alive = [], [], []
+  rec_obs, rec_act, rec_alive, rec_rew, rec_next, rec_term = [], [], [], [], [], []
   queue = None
   for t in range(max_steps):
     j = t % execute_steps
@@ -44,6 +46,13 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
     rec_act.append(a)
     rec_alive.append(alive.copy())
     obs, r, term, trunc, info = envs.step(a)
+    nxt = np.array(obs, np.float32)
+    if "final_obs" in info:  # SAME_STEP auto-reset: obs is already the next episode's start
+      for i in np.flatnonzero(np.asarray(info.get("_final_obs", []), bool)):
+        nxt[i] = np.asarray(info["final_obs"][i], np.float32)
+    rec_rew.append(np.asarray(r, np.float64))
+    rec_next.append(nxt)
+    rec_term.append(np.asarray(term, bool))
     rets += np.where(alive, r, 0.0)
     if "success" in info:
       flag = np.asarray(info["success"], np.float64) > 0
@@ -58,7 +67,9 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
       break
   envs.close()
   out = {"returns": rets, "lengths": lengths, "obs": np.stack(rec_obs, 1),
-         "actions": np.stack(rec_act, 1), "alive": np.stack(rec_alive, 1)}
+         "actions": np.stack(rec_act, 1), "alive": np.stack(rec_alive, 1),
+         "rewards": np.stack(rec_rew, 1), "next_obs": np.stack(rec_next, 1),
+         "terminated": np.stack(rec_term, 1)}
   if success is not None:
     out["success"] = success.astype(np.float64)
   return out

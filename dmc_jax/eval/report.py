@@ -125,6 +125,7 @@ def rows_of(runs) -> list:
                   "sampler": r["sampler"], "selection": sel, "before": row["before"],
                   "after": row["after"], "cascade": row.get("cascade"),
                   "time": r.get("wall_clock_s", float("nan")),
+                  "online_steps": r.get("online_env_steps"),
                   "reverted": r.get("reverted", [])})
   return out
 
@@ -150,7 +151,8 @@ def paper_table(rows) -> str:
 def detail_table(rows) -> str:
   lines = ["| dataset | environment | model | sampler | selection | before | after | after 95% CI "
            "| change | beyond the CIs | std before -> after | success before -> after | normalised score "
-           "| plan coherency | cascade | reverted visits | time (s) |", "|---" * 17 + "|"]
+           "| plan coherency | cascade | reverted visits | time (s) | online env steps |",
+           "|---" * 18 + "|"]
   for r in rows:
     b, a = r["before"], r["after"]
     succ = (f"{b['success_rate']:.2f} -> {a['success_rate']:.2f}"
@@ -165,7 +167,8 @@ def detail_table(rows) -> str:
         f"{_ms(b)} | {_after(b, a)} | ± {a['return_ci95']:.2f} | "
         f"{a['return_mean'] - b['return_mean']:+.2f} | {verdict(b, a)} | {b['return_std']:.2f} -> "
         f"{a['return_std']:.2f} | {succ} | {score} | {coh} | {cas} | "
-        f"{', '.join(r['reverted']) or '-'} | {r['time']:.0f} |")
+        f"{', '.join(r['reverted']) or '-'} | {r['time']:.0f} | "
+        f"{'-' if r.get('online_steps') is None else r['online_steps']} |")
   return "\n".join(lines) + "\n"
 
 

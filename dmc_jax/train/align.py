@@ -22,7 +22,8 @@ from dmc_jax.aligners import dpo, rewards, rl, sequential, sft
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import replay
 from dmc_jax.envs import nav1d
-from dmc_jax.eval import evaluators
+from dmc_jax.envs import registry
+from dmc_jax.eval import evaluators, gym_rollout
 from dmc_jax.eval import rollout as rollout_lib
 from dmc_jax.models import policy as policy_lib
 from dmc_jax.networks import lora as lora_lib
@@ -97,29 +98,51 @@ def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None):
                              act_norm=act_norm)
 
 
-class _Online:
-  """Online fine-tuning: roll out the aligned policy in Nav1D after every chunk, keep the
-  transitions in a ring buffer (:mod:`dmc_jax.data.replay`), and keep training the IQL critic
-  on half dataset, half online batches."""
+def _online_policy(config, dmc, obs_norm, act_norm, q_fn, v_fn):
+  """The ``act`` the evaluator uses (``eval.selection`` over ``eval.num_candidates``)."""
+  return policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
+                                selection=config.eval.selection,
+                                num_candidates=config.eval.num_candidates, q_fn=q_fn,
+                                v_fn=v_fn, temperature=config.eval.temperature,
+                                expectile=config.critic.expectile,
+                                q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef)
 
-  def __init__(self, config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update, trans_n):
-    o, self.config = config.align.online, config
-    self.capacity, self.episodes, self.steps = o.capacity, o.episodes, o.critic_steps
+
+def _online_critic_train(config, iql_update):
+  """``train(critic_state, key, buf, trans)``: ``align.online.critic_steps`` IQL updates on
+  batches of ``critic.batch_size``, a share ``align.online.mix`` of them from the online
+  buffer and the rest from the dataset (jitted)."""
+  bs, steps = config.critic.batch_size, config.align.online.critic_steps
+  n_online = int(bs * config.align.online.mix)
+
+  def train(critic_state, key, buf, trans):
+    def body(s, i):
+      k_d, k_o = jax.random.split(jax.random.fold_in(key, i))
+      half = ep_lib.sample_transitions(k_d, trans, bs - n_online)
+      online = replay.sample(buf, k_o, n_online)
+      batch = jax.tree.map(lambda x, y: jnp.concatenate([x, y.astype(x.dtype)]), half, online)
+      return iql_update(s, batch)
+    return jax.lax.scan(body, critic_state, jnp.arange(steps))
+  return jax.jit(train)
+
+
+class _Online:
+  """Online fine-tuning in Nav1D: roll out the aligned policy after every chunk (the pure env,
+  one compiled program), keep the transitions in a ring buffer (:mod:`dmc_jax.data.replay`),
+  and keep training the IQL critic on a dataset/online mix."""
+
+  def __init__(self, config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update):
+    o = config.align.online
     env_params = nav1d.make_params(config.env.task_seed, config.env.horizon,
                                    config.env.step_size)
-    act = policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
-                                 selection=config.eval.selection,
-                                 num_candidates=config.eval.num_candidates, q_fn=q_fn,
-                                 v_fn=v_fn, temperature=config.eval.temperature,
-                                 expectile=config.critic.expectile,
-                                 q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef)
     run = rollout_lib.make_rollout(nav1d.reset, nav1d.step, env_params,
-                                   max_steps=config.env.horizon, act_fn=act,
+                                   max_steps=config.env.horizon,
+                                   act_fn=_online_policy(config, dmc, obs_norm, act_norm, q_fn,
+                                                         v_fn),
                                    history=dmc.history, execute_steps=dmc.execute_steps)
-    bs = config.critic.batch_size
 
     def collect(params, critic_params, key, buf):
-      out = run(params, critic_params, key, self.episodes)
+      out = run(params, critic_params, key, o.episodes)
       obs, acts = obs_norm.normalize(out["obs"]), act_norm.normalize(out["actions"])
       next_obs = jnp.concatenate([obs[:, 1:], obs[:, -1:]], 1)  # last one masked below
       alive = out["alive"]
@@ -131,29 +154,57 @@ class _Online:
               "dones": jnp.broadcast_to(last[None], alive.shape).reshape(n).astype(
                   jnp.float32)}
       valid = (alive & ~last[None]).reshape(n)
-      return replay.add(buf, rows, valid), jnp.mean(out["returns"])
-
-    def train(critic_state, key, buf, trans):
-      def body(s, i):
-        k_d, k_o = jax.random.split(jax.random.fold_in(key, i))
-        half = ep_lib.sample_transitions(k_d, trans, bs - bs // 2)
-        online = replay.sample(buf, k_o, bs // 2)
-        batch = jax.tree.map(lambda x, y: jnp.concatenate([x, y.astype(x.dtype)]), half,
-                             online)
-        return iql_update(s, batch)
-      return jax.lax.scan(body, critic_state, jnp.arange(self.steps))
+      return replay.add(buf, rows, valid), {"online_return": jnp.mean(out["returns"]),
+                                            "online_env_steps": jnp.sum(alive)}
 
     self.collect = jax.jit(collect)
-    self.train = jax.jit(train)
-    self.trans_n = trans_n
+    self.train = _online_critic_train(config, iql_update)
 
-  def empty_buffer(self, obs_dim, act_dim):
-    return replay.init(self.capacity, obs_dim, act_dim)
+
+class _GymOnline:
+  """Online fine-tuning in a gymnasium env (``task=minari``: the dataset's env): the aligned
+  policy, jitted, steps ``align.online.episodes`` envs of a vector env between chunks (host
+  loop, :func:`~dmc_jax.eval.gym_rollout.rollout_gym`); every executed transition goes to the
+  buffer (``dones`` = terminated; a time limit is not terminal), and the critic trains as in
+  :class:`_Online`. The reset seeds are drawn from the chunk's key (distinct from the
+  evaluation's seeds ``0..n-1``), so a resumed run collects the same episodes."""
+
+  def __init__(self, config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update, env_info):
+    import gymnasium as gym
+    registry.register_all()
+    o = config.align.online
+    act = jax.jit(_online_policy(config, dmc, obs_norm, act_norm, q_fn, v_fn))
+    add = jax.jit(replay.add)
+    spec = env_info["env_spec"]
+
+    def collect(params, critic_params, key, buf):
+      params, critic_params = sharding.on_first_device((params, critic_params))
+      k_seed, k_act = jax.random.split(key)
+      seeds = np.asarray(jax.random.randint(k_seed, (o.episodes,), 0, 2 ** 31 - 1))
+      fn = lambda k, hist: act(params, critic_params, k, jnp.asarray(hist))[0]
+      out = gym_rollout.rollout_gym(lambda: gym.make(spec), fn, k_act,
+                                    num_episodes=o.episodes, max_steps=config.env.max_steps,
+                                    history=dmc.history, execute_steps=dmc.execute_steps,
+                                    seeds=seeds)
+      n = out["obs"].shape[0] * out["obs"].shape[1]
+      f32 = lambda x: np.asarray(x, np.float32)
+      rows = {"obs": f32(obs_norm.normalize(out["obs"])).reshape(n, -1),
+              "actions": f32(act_norm.normalize(out["actions"])).reshape(n, -1),
+              "rewards": f32(out["rewards"]).reshape(n) * np.float32(config.data.reward_scale),
+              "next_obs": f32(obs_norm.normalize(out["next_obs"])).reshape(n, -1),
+              "dones": f32(out["terminated"]).reshape(n)}
+      valid = out["alive"].reshape(n)
+      buf = add(buf, rows, valid)
+      return buf, {"online_return": float(np.mean(out["returns"])),
+                   "online_env_steps": int(valid.sum())}
+
+    self.collect = collect
+    self.train = _online_critic_train(config, iql_update)
 
 
 def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn,
                   iql_update, seg_data, trans_n, obs_norm, act_norm, evaluate, writer, key,
-                  hooks=hooks_lib.NONE):
+                  env_info=None, hooks=hooks_lib.NONE):
   """The sequential scheme. Returns ``dict(lora, critic_state, cascade, curve, decisions)``.
 
   ``evaluate(params, critic_params, key, n)`` evaluates full DMC params for the curve and the
@@ -185,8 +236,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   online = None
   buf = {}
   if a.online.enabled:
-    online = _Online(config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update, trans_n)
-    buf = online.empty_buffer(trans_n.obs.shape[-1], trans_n.actions.shape[-1])
+    if config.task == "nav1d":
+      online = _Online(config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update)
+    else:
+      online = _GymOnline(config, dmc, obs_norm, act_norm, q_fn, v_fn, iql_update, env_info)
+    buf = replay.init(a.online.capacity, trans_n.obs.shape[-1], trans_n.actions.shape[-1])
 
   def curve_eval(lora, critic):
     """Environment metrics and per-episode values of the model with ``lora`` merged (None:
@@ -269,14 +323,14 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       new_tree = dict(tree, state=st)
       if online is not None and not math.isnan(summary.get("loss", 0.0)):
         params = merged_params(dmc, base_params, st.params, scale)
-        buf_new, online_return = online.collect(params, critic_params,
-                                                jax.random.fold_in(k_online, step),
-                                                tree["buffer"])
+        buf_new, om = online.collect(params, critic_params, jax.random.fold_in(k_online, step),
+                                     tree["buffer"])
         k_critic = jax.random.fold_in(jax.random.fold_in(k_online, keys_lib.ONLINE_CRITIC),
                                       step)
         critic_new, cm = online.train(tree["critic"], k_critic, buf_new, trans_n)
         new_tree.update(buffer=buf_new, critic=critic_new)
-        summary.update(online_return=float(online_return),
+        summary.update(online_return=float(om["online_return"]),
+                       online_env_steps=float(om["online_env_steps"]),
                        online_q_loss=float(np.mean(cm["q_loss"])))
       values = np.asarray(tracker(st.params, (new_tree["critic"].q.params,
                                               new_tree["critic"].v.params)), np.float64)
@@ -431,7 +485,7 @@ def align_and_evaluate(config, workdir, *, dmc, base_params, critic, critic_fns,
       v_fn=v_fn, iql_update=critic_fns.update, seg_data=seg_data, trans_n=trans_n,
       obs_norm=obs_norm, act_norm=act_norm,
       evaluate=evaluator(config.align.curve_selection, deployed), writer=writer, key=key,
-      hooks=hooks)
+      env_info=env_info, hooks=hooks)
   params = merged_params(dmc, base_params, out["lora"], out["lora_scale"])
   ref_critic = (critic.q.params, critic.v.params)
   new_critic = (out["critic_state"].q.params, out["critic_state"].v.params)
@@ -459,5 +513,9 @@ def align_and_evaluate(config, workdir, *, dmc, base_params, critic, critic_fns,
     print(f"alignment, selection={selection}: " + "; ".join(
         f"{n} {v['return_mean']:.2f} ± {v['return_std']:.2f} (CI ± {v['return_ci95']:.2f})"
         for n, v in row.items()), flush=True)
+  # Environment steps online fine-tuning consumed (rolled-back chunks included: their
+  # interaction happened although their updates were dropped).
+  env_steps = sum(int(v) for r in writer.rows() for k, v in r.items()
+                  if k.startswith("align/") and k.endswith("/online_env_steps"))
   return {"params": params, "critic_params": new_critic, "results": results,
-          "curve": out["curve"]}
+          "curve": out["curve"], "online_env_steps": env_steps}

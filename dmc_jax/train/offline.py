@@ -103,6 +103,8 @@ def train_and_evaluate(config, workdir: str, hooks: hooks_lib.Hooks = hooks_lib.
   if aligned is not None:
     results["align"] = aligned["results"]
     results["align_curve"] = aligned["curve"]
+    if config.align.online.enabled:
+      results["online_env_steps"] = aligned["online_env_steps"]
   results_lib.write_outputs(workdir, results, hooks)
   print(f"final: return {final['return_mean']:.2f} ± {final['return_std']:.2f} "
         f"(95% CI ± {results['return_ci95']:.2f}, {n_ep} episodes); dataset "

@@ -245,8 +245,11 @@ def validate_align(config, num_sampling_steps: int) -> None:
     bad("cascade.block", tuple(c.block), "(start, stop) fractions with 0 <= start < stop <= 1")
   if c.passes not in (1, 2):
     bad("cascade.passes", c.passes, "1 or 2")
-  if a.online.enabled and config.task != "nav1d":
-    bad("online.enabled", True, "False for task=minari (online roll-outs need a pure env)")
+  if not 0 < a.online.mix <= 1:
+    bad("online.mix", a.online.mix, "a share in (0, 1] of each critic batch")
+  for key in ("episodes", "critic_steps", "capacity"):
+    if not (isinstance(a.online[key], int) and a.online[key] >= 1):
+      bad(f"online.{key}", a.online[key], "a positive integer")
   if a.reward not in rewards.KINDS:
     bad("reward", a.reward, f"one of {rewards.KINDS}")
   planner = config.model.kind != "diffusion_policy"

@@ -40,6 +40,19 @@ class RolloutTest(absltest.TestCase):
     np.testing.assert_allclose(out["returns"], ref["returns"], rtol=1e-5)
     np.testing.assert_allclose(out["obs"], ref["obs"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ref["lengths"], 32)
+    # The recorded transitions: rewards as the pure roll-out's, next_obs the following
+    # observation, and at the end the final one (not the auto-reset start, which is back
+    # at 0.3 with time 0).
+    np.testing.assert_allclose(ref["rewards"][:, :32], out["rewards"][:, :32], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(ref["next_obs"][:, :31], ref["obs"][:, 1:32])
+    final = ref["next_obs"][:, 31]
+    np.testing.assert_allclose(final[:, 1], 1.0, atol=1e-6)  # time feature at the horizon
+    np.testing.assert_allclose(final[:, 0], ref["obs"][:, 31, 0] + 0.1 * ref["actions"][:, 31, 0],
+                               atol=1e-5)
+    # Nav1D is a finite-horizon task (time is in the observation): terminal at its last step.
+    np.testing.assert_array_equal(ref["terminated"][:, :32],
+                                  np.broadcast_to(np.arange(32) == 31, (4, 32)))
     # The DP-greedy policy attains the DP value of the start state.
     v0 = np.interp(0.3, np.linspace(-1, 1, self.values.shape[1]), self.values[0])
     self.assertAlmostEqual(float(out["returns"][0]), float(v0), delta=0.05)

@@ -142,6 +142,8 @@ class AlignConfigTest(absltest.TestCase):
     self.check(r"align.sft.keep_frac=0.0", sft__keep_frac=0.0)
     self.check(r"align.env_guard=-1.0.*non-negative", env_guard=-1.0)
     self.check(r"align.curve_selection=.best.*one of", curve_selection="best")
+    self.check(r"align.online.mix=0.0.*\(0, 1\]", online__mix=0.0)
+    self.check(r"align.online.episodes=0.*positive integer", online__episodes=0)
     c = smoke()
     c.diffusion.sampler = "ode"
     with self.assertRaisesRegex(ValueError, r"align.rl.method='ppo'.*qgrad"):
