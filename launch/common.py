@@ -5,7 +5,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from dmc_jax.train import compile_cache, loop
+from dmc_jax.train import compile_cache, faults, loop
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.py")
@@ -25,4 +25,5 @@ def run_job(argv) -> dict:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   compile_cache.enable(flags.FLAGS.compilation_cache)
-  return loop.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  return loop.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
+                                 faults.hooks_from_env())

@@ -2,6 +2,7 @@
 
 Never touches the network: a dataset that is not local gives an error that says how to get it.
 """
+import json
 import os
 from typing import Optional
 
@@ -18,7 +19,9 @@ def datasets_root() -> str:
 
 
 def exists(dataset_id: str) -> bool:
-  return dataset_id in minari.list_local_datasets()
+  """A local dataset folder for ``dataset_id`` (a damaged one counts: opening it is then a
+  clear error, not a silent regeneration over it)."""
+  return _data_dir(dataset_id) is not None or dataset_id in minari.list_local_datasets()
 
 
 def check_episode_count(dataset_id: str, num_episodes: int, command: str) -> None:
@@ -60,11 +63,68 @@ def write_dataset(dataset_id: str, episodes: list, env, *, algorithm_name: str,
       code_permalink="https://github.com/dmc-jax/dmc_jax", **metadata)
 
 
-def open_dataset(id_or_path: str) -> minari.MinariDataset:
-  """Opens a local Minari dataset by id, or by the path of its folder (or its ``data/``)."""
+class DatasetFileError(ValueError):
+  """A local dataset file that cannot be used (truncated, garbled, wrong metadata types)."""
+
+
+# metadata.json fields Minari reads, and the types they must have.
+_METADATA_TYPES = {"total_episodes": int, "total_steps": int, "observation_space": str,
+                   "action_space": str, "data_format": str, "dataset_id": str}
+
+
+def _data_dir(id_or_path: str) -> Optional[str]:
   if os.path.isdir(id_or_path):
     data = os.path.join(id_or_path, "data")
-    return minari.MinariDataset(data if os.path.isdir(data) else id_or_path)
+    return data if os.path.isdir(data) else id_or_path
+  d = os.path.join(os.path.expanduser(datasets_root()), id_or_path, "data")
+  return d if os.path.isdir(d) else None
+
+
+def check_files(data_dir: str, name: str) -> None:
+  """``metadata.json`` parses and has the types Minari needs; ``main_data.hdf5`` opens as
+  HDF5. Otherwise a :class:`DatasetFileError` naming the file and what is wrong (instead of
+  a traceback from inside h5py or Minari)."""
+  meta_path = os.path.join(data_dir, "metadata.json")
+  regenerate = f"regenerate or re-download dataset {name!r}"
+  if not os.path.exists(meta_path):
+    raise DatasetFileError(f"{meta_path} is missing: not a Minari dataset folder; {regenerate}")
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DatasetFileError(f"{meta_path} is not valid JSON ({e}); {regenerate}") from None
+  if not isinstance(meta, dict):
+    raise DatasetFileError(f"{meta_path} holds a {type(meta).__name__}, not an object; "
+                           f"{regenerate}")
+  for key, typ in _METADATA_TYPES.items():
+    if key in meta and not (isinstance(meta[key], typ) and not isinstance(meta[key], bool)):
+      raise DatasetFileError(f"{meta_path}: field {key!r} is {meta[key]!r} "
+                             f"({type(meta[key]).__name__}), expected {typ.__name__}; "
+                             f"{regenerate}")
+  if meta.get("data_format", "hdf5") == "hdf5":
+    import h5py
+    h5_path = os.path.join(data_dir, "main_data.hdf5")
+    if not os.path.exists(h5_path):
+      raise DatasetFileError(f"{h5_path} is missing; {regenerate}")
+    try:
+      with h5py.File(h5_path, "r") as f:
+        n = len(f.keys())
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+      raise DatasetFileError(f"{h5_path} cannot be opened as HDF5 (truncated or garbled: "
+                             f"{e}); {regenerate}") from None
+    if n != meta.get("total_episodes", n):
+      raise DatasetFileError(f"{h5_path} holds {n} episodes but {meta_path} says "
+                             f"{meta['total_episodes']}; {regenerate}")
+
+
+def open_dataset(id_or_path: str) -> minari.MinariDataset:
+  """Opens a local Minari dataset by id, or by the path of its folder (or its ``data/``),
+  after :func:`check_files`."""
+  data_dir = _data_dir(id_or_path)
+  if data_dir is not None:
+    check_files(data_dir, id_or_path)
+  if os.path.isdir(id_or_path):
+    return minari.MinariDataset(data_dir)
   try:
     return minari.load_dataset(id_or_path, download=False)
   except FileNotFoundError:
@@ -93,6 +153,11 @@ def load_episodes(id_or_path: str, obs_shape: Optional[tuple] = None,
     if want is not None and tuple(space.shape) != tuple(want):
       raise ValueError(f"dataset {id_or_path!r}: {what} space has shape {space.shape}, but "
                        f"the environment/model expects {tuple(want)}")
-  eps = [{f: getattr(e, f) for f in ep_lib.FIELDS} for e in ds.iterate_episodes()]
+  try:
+    eps = [{f: getattr(e, f) for f in ep_lib.FIELDS} for e in ds.iterate_episodes()]
+  except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+    raise DatasetFileError(
+        f"dataset {id_or_path!r}: its episodes cannot be read from {_data_dir(id_or_path)} "
+        f"({type(e).__name__}: {e}); regenerate or re-download it") from None
   ep_lib.validate_episodes(eps, obs_space.shape, act_space.shape, repr(id_or_path))
   return ep_lib.stack_episodes(eps), ds

@@ -212,6 +212,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   ``key``: the job's alignment stream (:mod:`dmc_jax.train.keys`); ``hooks``: test hooks.
   """
   a = config.align
+  hooks.at("align:start")
   sched_cfg = scheduler_config(config)
   dmc = builders.deployed_dmc(config, dmc)
   reward_fn = make_reward_fn(config, dmc, q_fn, v_fn, obs_norm, act_norm)
@@ -414,6 +415,7 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, bat
   """Trains the cascade on pairs from the aligned model (own checkpoint, resumable), one
   compiled chunk of ``align.updates_per_chunk`` updates per checkpoint."""
   c = config.align.cascade
+  hooks.at("cascade:start")
   first = merged_params(dmc, base_params, tree["state"].params, scale)
   spec = cascade_lib.make_cascade(
       dmc.sampling, lambda fn: builders.make_generator(config, fn), mode=c.mode,

@@ -24,6 +24,14 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint was made for another model, config or dataset."""
 
 
+class CheckpointReadError(ValueError):
+  """A checkpoint (or model bundle, or artifact) whose files cannot be read."""
+
+
+class CheckpointWriteError(OSError):
+  """Writing a checkpoint failed (disk full, permission lost); the previous one is intact."""
+
+
 class Restored(NamedTuple):
   step: int
   tree: Any
@@ -100,15 +108,31 @@ class Checkpointer:
     if not all_finite(tree):
       raise FloatingPointError(f"refusing to save a non-finite state at step {step} to "
                                f"{self.directory}")
-    self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                  meta=ocp.args.JsonSave(meta or {})))
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                    meta=ocp.args.JsonSave(meta or {})))
+      self._mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax wraps the OSError in several ways
+      previous = [s for s in self._mngr.all_steps() if s != step]
+      # Orbax writes into a temporary folder and renames it when complete: a failed write
+      # leaves no step folder, only its temporary one, which is removed here.
+      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
+        if name.startswith(f"{step}.orbax-checkpoint-tmp") or name == str(step):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      self._mngr.reload()
+      raise CheckpointWriteError(
+          f"writing checkpoint {self.directory}/{step} failed ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:300] if str(e) else ''}); the previous checkpoint "
+          f"({'step ' + str(previous[-1]) if previous else 'none'}) is intact: fix the cause "
+          "(disk space, permissions) and re-run the same command to resume") from e
 
-  def restore(self, target, step: Optional[int] = None) -> Optional[Restored]:
+  def restore(self, target, step: Optional[int] = None,
+              repair: bool = True) -> Optional[Restored]:
     """Restores the latest readable step (or ``step``) into ``target``'s structure.
 
     Returns ``None`` when there is no checkpoint. Unreadable steps are removed with a warning
-    and older ones tried; a mismatch with ``target`` raises
+    and older ones tried (``repair=False``: nothing is removed, and an unreadable step is a
+    :class:`CheckpointReadError` naming it); a mismatch with ``target`` raises
     :class:`CheckpointMismatchError` at once.
     """
     expected = _leaf_table(target)
@@ -122,6 +146,8 @@ class Checkpointer:
           raise ValueError("no array metadata")
         stored = _stored_table(meta_tree)
       except Exception as e:  # noqa: BLE001 - unreadable metadata means a corrupt step
+        if not repair:
+          raise _read_error(where, e) from None
         self._drop(s, e)
         continue
       check_compatible(stored, expected, where)
@@ -129,9 +155,13 @@ class Checkpointer:
         out = self._mngr.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001 - truncated array files
+        if not repair:
+          raise _read_error(where, e) from None
         self._drop(s, e)
         continue
       if not all_finite(out.state):
+        if not repair:
+          raise _read_error(where, FloatingPointError("non-finite values"))
         self._drop(s, FloatingPointError("non-finite values"))
         continue
       return Restored(s, out.state, dict(out.meta or {}))
@@ -146,12 +176,16 @@ class Checkpointer:
 
   def restore_untyped(self, step: Optional[int] = None):
     """The saved tree as nested dicts of arrays (no expected structure: for export and
-    inspection, not for resuming)."""
+    inspection, not for resuming). Never removes anything; unreadable files are a
+    :class:`CheckpointReadError` naming the step."""
     step = self._mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
-    return self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())).state
+    try:
+      return self._mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())).state
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+      raise _read_error(os.path.join(self.directory, str(step)), e) from None
 
   def _drop(self, step, err):
     log.warning("checkpoint %s/%d is unreadable (%s: %s); removing it and falling back to "
@@ -161,6 +195,12 @@ class Checkpointer:
           f"({type(err).__name__}); falling back to the previous one", flush=True)
     shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
     self._mngr.reload()
+
+
+def _read_error(where, err) -> CheckpointReadError:
+  msg = str(err).splitlines()[0][:300] if str(err) else ""
+  return CheckpointReadError(f"{where} cannot be read ({type(err).__name__}: {msg}): a "
+                             "missing, truncated or garbled file; nothing was changed")
 
 
 def save(directory: str, step: int, tree, meta: Optional[dict] = None) -> None:
@@ -173,10 +213,13 @@ def save(directory: str, step: int, tree, meta: Optional[dict] = None) -> None:
 
 
 def restore(directory: str, target, step: Optional[int] = None):
-  """One-shot restore of the tree (latest readable step); raises if there is none."""
+  """One-shot restore of the tree (the latest step), for bundles and artifacts: never removes
+  anything; raises if there is none or it cannot be read (:class:`CheckpointReadError`)."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory} is missing")
   ckpt = Checkpointer(directory)
   try:
-    out = ckpt.restore(target, step)
+    out = ckpt.restore(target, step, repair=False)
   finally:
     ckpt.close()
   if out is None:

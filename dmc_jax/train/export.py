@@ -50,8 +50,8 @@ def export(workdir: str, out_dir: str, lora_scale: float = 1.0, bundle_name: str
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{workdir} has no model bundle ({bundle_name}/): has the job "
                             "finished?")
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json"),
+                                                "the job's config"))
   ckpt = checkpoint.Checkpointer(path)
   try:
     bundle = ckpt.restore_untyped()
@@ -75,17 +75,35 @@ def export(workdir: str, out_dir: str, lora_scale: float = 1.0, bundle_name: str
   return out_dir
 
 
+def _read_json(path: str, what: str) -> dict:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: {what}")
+  try:
+    with open(path) as f:
+      out = json.load(f)
+  except (OSError, ValueError) as e:
+    raise checkpoint.CheckpointReadError(f"{path} cannot be read ({e}): truncated or "
+                                         "garbled") from None
+  if not isinstance(out, dict):
+    raise checkpoint.CheckpointReadError(f"{path} holds a {type(out).__name__}, not an "
+                                         "object")
+  return out
+
+
 def load(out_dir: str) -> Artifact:
-  """Loads an artifact written by :func:`export`."""
-  info_path = os.path.join(out_dir, "artifact.json")
-  if not os.path.exists(info_path):
-    raise FileNotFoundError(f"{out_dir} is not a dmc_jax artifact (no artifact.json)")
-  with open(info_path) as f:
-    info = json.load(f)
+  """Loads an artifact written by :func:`export`. A missing or damaged file is an error
+  naming it (nothing is changed)."""
+  info = _read_json(os.path.join(out_dir, "artifact.json"),
+                    f"{out_dir} is not a dmc_jax artifact")
   if info.get("format") != FORMAT:
     raise ValueError(f"{out_dir}: artifact format {info.get('format')!r}, expected {FORMAT!r}")
-  with open(os.path.join(out_dir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  for key in ("obs_dim", "act_dim"):
+    if not isinstance(info.get(key), int):
+      raise checkpoint.CheckpointReadError(
+          f"{os.path.join(out_dir, 'artifact.json')}: {key} is {info.get(key)!r}, expected "
+          "an integer")
+  config = ml_collections.ConfigDict(_read_json(os.path.join(out_dir, "config.json"),
+                                                "the artifact's config"))
   target = _bundle_target(config, info["obs_dim"], info["act_dim"])
   bundle = checkpoint.restore(os.path.join(out_dir, "params"), target)
   return Artifact(config, bundle["dmc"], (bundle["critic"]["q"], bundle["critic"]["v"]),

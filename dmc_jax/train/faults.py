@@ -7,12 +7,35 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
 import numpy as np
 
 from dmc_jax.train import checkpoint
+from dmc_jax.train import hooks as hooks_lib
+
+# Test-only: ``DMC_JAX_TEST_BOUNDARY=N`` makes a job started by ``launch.train`` SIGKILL itself
+# at its N-th write boundary (1-based); ``=list`` prints every boundary it passes.
+BOUNDARY_ENV = "DMC_JAX_TEST_BOUNDARY"
+BOUNDARY_PREFIX = "write boundary "
+
+
+def hooks_from_env(environ=None):
+  """The hooks a launcher passes to the job: none unless :data:`BOUNDARY_ENV` is set."""
+  value = (os.environ if environ is None else environ).get(BOUNDARY_ENV)
+  if not value:
+    return hooks_lib.NONE
+  kill_at = None if value == "list" else int(value)
+  count = [0]
+
+  def boundary(name):
+    count[0] += 1
+    print(f"{BOUNDARY_PREFIX}{count[0]}: {name}", flush=True)
+    if count[0] == kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+  return hooks_lib.Hooks(boundary=boundary)
 
 
 # The repository root (the jobs run there, so that ``--config=configs/...`` resolves).
@@ -32,15 +55,23 @@ def run(cmd, env=None, timeout=900) -> subprocess.CompletedProcess:
   return proc
 
 
-def run_and_kill(cmd, *, after_s=None, after_line=None, env=None, timeout=900) -> bool:
+def run_and_kill(cmd, *, after_s=None, after_line=None, env=None, timeout=900,
+                 wait=False, lines=None) -> bool:
   """Starts ``cmd`` and SIGKILLs it after ``after_s`` seconds or once a stdout line contains
-  ``after_line``. Returns True if the kill landed (False: the job finished first)."""
+  ``after_line``; with ``wait``, lets it run and reports whether it died of a SIGKILL (one it
+  sent itself, see :func:`hooks_from_env`). Returns True if the kill landed (False: the job
+  finished first). ``lines``: a list that receives the job's stdout lines up to the kill."""
+  lines = [] if lines is None else lines
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True, start_new_session=True)
   t0 = time.time()
   try:
+    if wait:
+      lines.extend(proc.stdout.read().splitlines())
+      return proc.wait(timeout=timeout) == -signal.SIGKILL
     if after_line is not None:
       for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
         if after_line in line:
           os.killpg(proc.pid, signal.SIGKILL)
           proc.wait()
@@ -49,12 +80,18 @@ def run_and_kill(cmd, *, after_s=None, after_line=None, env=None, timeout=900) -
           break
       proc.wait()
       return False
+    # Read stdout while waiting (a full pipe would stall the job), then kill.
+    reader = threading.Thread(target=lambda: lines.extend(
+        line.rstrip("\n") for line in proc.stdout), daemon=True)
+    reader.start()
     try:
       proc.wait(timeout=after_s)
+      reader.join()
       return False
     except subprocess.TimeoutExpired:
       os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
+      reader.join(timeout=10)
       return True
   finally:
     if proc.poll() is None:
@@ -100,9 +137,62 @@ def compare(ref: str, other: str) -> dict:
   return out
 
 
+_TEXT_FILES = ("config.json", "results.md", "align_results.md", "decisions.jsonl")
+_BINARY_FILES = ("learning_curve.png", "align_curve.png")
+_TIMED_COLUMNS = ("time (s)",)
+
+
+def _text(path, name):
+  """A file's content without what differs between any two runs (timestamps, wall-clock)."""
+  with open(path) as f:
+    text = f.read()
+  if name.endswith(".jsonl"):
+    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+            for line in text.splitlines()]
+  if name.endswith(".md"):
+    rows = [line.split("|") for line in text.splitlines()]
+    drop = [i for i, c in enumerate(rows[0]) if c.strip() in _TIMED_COLUMNS] if rows else []
+    return ["|".join(c for i, c in enumerate(r) if i not in drop) for r in rows]
+  return text
+
+
+def compare_files(ref: str, other: str) -> dict:
+  """Every other output file of the two workdirs: ``{name: equal}`` for the files either
+  has (text files without timestamps and wall-clock columns; plots byte for byte)."""
+  out = {}
+  for name in _TEXT_FILES + _BINARY_FILES:
+    a, b = os.path.join(ref, name), os.path.join(other, name)
+    if not (os.path.exists(a) or os.path.exists(b)):
+      continue
+    if not (os.path.exists(a) and os.path.exists(b)):
+      out[name] = False
+    elif name in _BINARY_FILES:
+      out[name] = open(a, "rb").read() == open(b, "rb").read()
+    else:
+      out[name] = _text(a, name) == _text(b, name)
+  return out
+
+
 def corrupt_checkpoints(workdir: str) -> int:
   bad = 0
   for sub in ("checkpoints/critic", "checkpoints/dmc", "checkpoints/align",
               "checkpoints/cascade", "model", "model_reference"):
     bad += checkpoint.count_unreadable(os.path.join(workdir, sub))[1]
   return bad
+
+
+def phase_of(lines) -> str:
+  """The job's phase at its last printed line: data, critic, dmc, align, eval (the final
+  evaluations and the results files)."""
+  for line in reversed(lines):
+    if line.startswith("train critic"):
+      return "critic"
+    if line.startswith(("train dmc", "eval @")):
+      return "dmc"
+    if line.startswith(("align ", "  eval after", "  revert", "cascade", "resumed alignment")):
+      return "align"
+    if line.startswith(("alignment, selection", "final:")):
+      return "eval"
+    if line.startswith("data "):
+      return "critic"  # the data is loaded; the critic phase starts next
+  return "data"

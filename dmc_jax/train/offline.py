@@ -28,23 +28,32 @@ from dmc_jax.train import keys as keys_lib
 from dmc_jax.train import logging as logging_lib
 from dmc_jax.train import phases, pretrain, validation
 from dmc_jax.train import results as results_lib
+from dmc_jax.train import workdir_lock
 
 
 def train_and_evaluate(config, workdir: str, hooks: hooks_lib.Hooks = hooks_lib.NONE) -> dict:
-  """The main job; returns the content of ``results.json``. ``hooks``: test hooks only."""
+  """The main job; returns the content of ``results.json``. ``hooks``: test hooks only.
+  A second job on a workdir that a live job holds stops at once
+  (:class:`~dmc_jax.train.workdir_lock.WorkdirBusyError`)."""
   validation.validate_config(config)
+  with workdir_lock.hold(workdir):
+    return _run(config, workdir, hooks)
+
+
+def _run(config, workdir, hooks):
   config_path = os.path.join(workdir, "config.json")
   if os.path.exists(config_path):  # resuming: the same config, or a clear error before any work
     with open(config_path) as f:
       phases.check_same_config(json.load(f), config, workdir)
-  os.makedirs(workdir, exist_ok=True)
   hooks.at("job:start")
-  phases.write_atomic(config_path, config.to_json(indent=1))
-  writer = logging_lib.MetricWriter(workdir)
   t_start = time.time()
   keys = keys_lib.job_keys(config.seed)
-
+  config_json = config.to_json(indent=1)
+  # The data is loaded and checked before anything is written: a bad dataset leaves the
+  # workdir as it was.
   config, data = pretrain.prepare_data(config)
+  phases.write_atomic(config_path, config_json)
+  writer = logging_lib.MetricWriter(workdir)
   timing = {"data": time.time() - t_start}
   t0 = time.time()
   critic_fns = builders.make_critic(config)

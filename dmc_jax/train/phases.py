@@ -13,10 +13,26 @@ from dmc_jax.train import hooks as hooks_lib
 from dmc_jax.train import logging as logging_lib
 
 
+class OutputWriteError(OSError):
+  """Writing one of the job's files failed; the previous version of it is intact."""
+
+
 def write_atomic(path, text):
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  """``text`` to ``path`` through a temporary file and a rename: a failed or killed write
+  leaves the previous file (or none), never a partial one."""
+  try:
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    if os.path.exists(path + ".tmp"):
+      try:
+        os.remove(path + ".tmp")
+      except OSError:
+        pass
+    raise OutputWriteError(f"writing {path} failed ({e}); the previous {os.path.basename(path)} "
+                           "(if any) is intact: fix the cause (disk space, permissions) and "
+                           "re-run the same command to resume") from e
 
 
 def chunked(start, total, chunk):

@@ -16,7 +16,8 @@ class ResumeTest(absltest.TestCase):
     env = dict(os.environ)  # conftest points DMC_JAX_COMPILATION_CACHE at the tests' cache
     with tempfile.TemporaryDirectory() as root:
       ref, killed = os.path.join(root, "ref"), os.path.join(root, "killed")
-      fi.run(fi.command(CONFIG, ref), env=env)
+      # The reference also lists the write boundaries it passes (the hook only prints).
+      listed = fi.run(fi.command(CONFIG, ref), env=dict(env, **{fi.BOUNDARY_ENV: "list"})).stdout
       cmd = fi.command(CONFIG, killed)
       # Killed mid-critic (after its second checkpoint), then mid-DMC (its first chunk logged,
       # not yet saved), then resumed to the end.
@@ -36,6 +37,25 @@ class ResumeTest(absltest.TestCase):
       fi.run(cmd, env=env)
       self.assertTrue(fi.compare(ref, killed)["params_equal"])
       self.assertTrue(fi.compare(ref, killed)["metrics_equal"])
+
+      # Killed by itself at chosen write boundaries (the full sweep over every boundary is
+      # `launch.fault_injection --mode=boundaries`): resumed, every output file is the same.
+      names = [line.split(": ", 1)[1] for line in listed.splitlines()
+               if line.startswith(fi.BOUNDARY_PREFIX)]
+      self.assertContainsSubset({"critic:start", "dmc:before_checkpoint", "align:start",
+                                 "align:reference_evaluated", "align:curve_evaluated",
+                                 "results:json", "results:model"}, set(names))
+      for name in ("align:reference_evaluated", "results:json"):
+        n = names.index(name) + 1
+        again = os.path.join(root, f"killed_at_{n}")
+        cmd = fi.command(CONFIG, again)
+        self.assertTrue(fi.run_and_kill(cmd, env=dict(env, **{fi.BOUNDARY_ENV: str(n)}),
+                                        wait=True), name)
+        fi.run(cmd, env=env)
+        self.assertEqual(fi.compare(ref, again)["metrics_equal"], True, name)
+        self.assertEqual(fi.compare(ref, again)["results_equal"], True, name)
+        files = fi.compare_files(ref, again)
+        self.assertTrue(files and all(files.values()), (name, files))
 
 
 if __name__ == "__main__":
