@@ -25,6 +25,7 @@ from absl import app, flags
 
 from dmc_jax.eval import report
 from dmc_jax.train import compile_cache, loop
+from launch import common
 
 SUITES = {"nav1d": ["partial", "full"],
           "metaworld": [f"{t}:medium" for t in ("button-press", "drawer-open", "sweep-into",
@@ -79,6 +80,7 @@ def cells():
 
 def main(argv):
   del argv
+  common.quiet_logs()
   compile_cache.enable(CACHE.value)
   done = []
   for wd, config in cells():

@@ -3,7 +3,7 @@ r"""The main job.
   python -m launch.train --workdir=/tmp/dmc_jax_run [--config=configs/default.py[:smoke]] \
       [--config.train.steps=1000 ...]
 """
-from absl import app
+from absl import app  # noqa: F401
 
 from launch import common
 
@@ -15,4 +15,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -3,6 +3,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -73,11 +74,15 @@ class ConfigTest(parameterized.TestCase):
       loop.validate_config(cfg)
 
   def test_main_job_smoke(self):
-    with tempfile.TemporaryDirectory() as wd:
+    # From another directory, with the README's relative config path: the installed configs.
+    with tempfile.TemporaryDirectory() as wd, tempfile.TemporaryDirectory() as cwd:
       proc = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={wd}",
-                             f"--config={os.path.join(CONFIGS, 'default.py')}:smoke"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             "--config=configs/default.py:smoke"],
+                            cwd=cwd, capture_output=True, text=True, timeout=600)
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+      # Library INFO logs are off by default (orbax wrote ~1,150 such lines per job).
+      info = [l for l in proc.stderr.splitlines() if re.match(r"^I\d{4} ", l)]
+      self.assertEqual(info, [])
       results = json.load(open(os.path.join(wd, "results.json")))
       self.assertEqual(results["model"], "diffusion_policy")
       self.assertEqual(results["dataset"], "dmc_jax/nav1d/full-v0")
@@ -88,6 +93,15 @@ class ConfigTest(parameterized.TestCase):
       for f in ("config.json", "learning_curve.png", "results.md"):
         self.assertTrue(os.path.exists(os.path.join(wd, f)), f)
       self.assertIn("ETA", proc.stdout)
+
+  def test_help_lists_the_config_groups(self):
+    proc = subprocess.run([sys.executable, "-m", "launch.train", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+    for group in ("align", "critic", "data", "diffusion", "env", "eval", "model", "train"):
+      self.assertRegex(proc.stdout, rf"\n  {group} +\w")
+    self.assertIn("dmc_jax/train/schema.py", proc.stdout)
+    self.assertIn("--workdir (required)", proc.stdout)
 
   def test_mixture_demo_smoke(self):
     with tempfile.TemporaryDirectory() as wd:

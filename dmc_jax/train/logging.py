@@ -56,16 +56,24 @@ class MetricWriter:
 
 
 class Progress:
-  """Prints ``name: done/total (pct) rate/s ETA`` lines."""
+  """Prints ``name: done/total (pct) rate/s ETA`` lines. The rate is measured from the first
+  update on, so it counts neither the compilation (the first chunk pays it) nor the steps a
+  resumed phase restored; the first line says so instead of guessing."""
 
   def __init__(self, name: str, total: int):
-    self.name, self.total, self.t0 = name, total, time.time()
+    self.name, self.total = name, total
+    self._base = None  # (time, done) at the first update
 
   def update(self, done: int, extra: str = "") -> str:
-    dt = max(time.time() - self.t0, 1e-9)
-    rate = done / dt
-    eta = (self.total - done) / rate if rate > 0 else float("inf")
-    line = (f"{self.name}: {done}/{self.total} ({100 * done / self.total:.0f}%) "
-            f"{rate:.1f}/s ETA {eta:.0f}s {extra}").rstrip()
+    now = time.time()
+    pct = f"{done}/{self.total} ({100 * done / self.total:.0f}%)"
+    if self._base is None or done <= self._base[1]:
+      self._base = (now, done)
+      line = f"{self.name}: {pct} (first chunk, compiled) {extra}".rstrip()
+    else:
+      t0, d0 = self._base
+      rate = (done - d0) / max(now - t0, 1e-9)
+      eta = (self.total - done) / rate if rate > 0 else float("inf")
+      line = f"{self.name}: {pct} {rate:.1f}/s ETA {eta:.0f}s {extra}".rstrip()
     print(line, flush=True)
     return line
