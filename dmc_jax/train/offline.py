@@ -36,15 +36,22 @@ def train_and_evaluate(config, workdir: str, hooks: hooks_lib.Hooks = hooks_lib.
   A second job on a workdir that a live job holds stops at once
   (:class:`~dmc_jax.train.workdir_lock.WorkdirBusyError`)."""
   validation.validate_config(config)
+  _check_resumable(config, workdir)  # before the lock: a refused config writes nothing
   with workdir_lock.hold(workdir):
+    _check_resumable(config, workdir)  # again under the lock (another job may have written)
     return _run(config, workdir, hooks)
+
+
+def _check_resumable(config, workdir):
+  """A workdir made with another config is an error naming the keys, before any work."""
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      phases.check_same_config(json.load(f), config, workdir)
 
 
 def _run(config, workdir, hooks):
   config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path):  # resuming: the same config, or a clear error before any work
-    with open(config_path) as f:
-      phases.check_same_config(json.load(f), config, workdir)
   hooks.at("job:start")
   t_start = time.time()
   keys = keys_lib.job_keys(config.seed)
