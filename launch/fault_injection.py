@@ -47,6 +47,7 @@ OVERRIDES = flags.DEFINE_multi_string("override", [], "extra flags for launch.tr
 MODE = flags.DEFINE_enum("mode", "random", ["random", "boundaries"], "random kill times, or a "
                          "kill at every write boundary")
 EVERY = flags.DEFINE_integer("every", 1, "boundaries mode: try every K-th boundary")
+FIRST = flags.DEFINE_integer("first", 1, "boundaries mode: the first boundary to try")
 
 
 def boundaries_main():
@@ -60,7 +61,7 @@ def boundaries_main():
   print(f"reference run: {time.time() - t0:.1f} s, {len(names)} write boundaries", flush=True)
   plain = {k: v for k, v in os.environ.items() if k != faults.BOUNDARY_ENV}
   per_kind, failed = {}, []
-  for n in range(1, len(names) + 1, EVERY.value):
+  for n in range(FIRST.value, len(names) + 1, EVERY.value):
     shutil.rmtree(killed, ignore_errors=True)
     cmd = command(CONFIG.value, killed, OVERRIDES.value)
     landed = run_and_kill(cmd, after_s=None, env=dict(plain, **{faults.BOUNDARY_ENV: str(n)}),
