@@ -2,7 +2,6 @@
 
 Never touches the network: a dataset that is not local gives an error that says how to get it.
 """
-import json
 import os
 from typing import Optional
 
@@ -10,6 +9,7 @@ import minari
 import numpy as np
 from minari.data_collector import EpisodeBuffer
 
+from dmc_jax import jsonfile
 from dmc_jax.data import dataset_ids
 from dmc_jax.data import episodes as ep_lib
 
@@ -86,16 +86,9 @@ def check_files(data_dir: str, name: str) -> None:
   a traceback from inside h5py or Minari)."""
   meta_path = os.path.join(data_dir, "metadata.json")
   regenerate = f"regenerate or re-download dataset {name!r}"
-  if not os.path.exists(meta_path):
-    raise DatasetFileError(f"{meta_path} is missing: not a Minari dataset folder; {regenerate}")
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DatasetFileError(f"{meta_path} is not valid JSON ({e}); {regenerate}") from None
-  if not isinstance(meta, dict):
-    raise DatasetFileError(f"{meta_path} holds a {type(meta).__name__}, not an object; "
-                           f"{regenerate}")
+  meta = jsonfile.read_object(meta_path, DatasetFileError, hint=regenerate,
+                              missing="not a Minari dataset folder",
+                              missing_error=DatasetFileError)
   for key, typ in _METADATA_TYPES.items():
     if key in meta and not (isinstance(meta[key], typ) and not isinstance(meta[key], bool)):
       raise DatasetFileError(f"{meta_path}: field {key!r} is {meta[key]!r} "

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import optax
 
+from dmc_jax import jsonfile
 from dmc_jax.critics import iql
 from dmc_jax.data.episodes import Normalizer
 from dmc_jax.networks.lora import merge_lora
@@ -76,18 +77,7 @@ def export(workdir: str, out_dir: str, lora_scale: float = 1.0, bundle_name: str
 
 
 def _read_json(path: str, what: str) -> dict:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: {what}")
-  try:
-    with open(path) as f:
-      out = json.load(f)
-  except (OSError, ValueError) as e:
-    raise checkpoint.CheckpointReadError(f"{path} cannot be read ({e}): truncated or "
-                                         "garbled") from None
-  if not isinstance(out, dict):
-    raise checkpoint.CheckpointReadError(f"{path} holds a {type(out).__name__}, not an "
-                                         "object")
-  return out
+  return jsonfile.read_object(path, checkpoint.CheckpointReadError, missing=what)
 
 
 def load(out_dir: str) -> Artifact:

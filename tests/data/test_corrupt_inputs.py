@@ -80,7 +80,7 @@ class CorruptDatasetTest(absltest.TestCase):
     path = os.path.join(self.data, "metadata.json")
     with open(path, "r+") as f:
       f.truncate(10)
-    self.run_job(rf"{path} is not valid JSON")
+    self.run_job(rf"{path} cannot be read: not valid JSON")
 
 
 class CorruptArtifactTest(absltest.TestCase):
