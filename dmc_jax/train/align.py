@@ -33,7 +33,6 @@ from dmc_jax.train import keys as keys_lib
 from dmc_jax.train import logging as logging_lib
 from dmc_jax.train import phases, sharding
 from dmc_jax.train import results as results_lib
-from dmc_jax.train.validation import DEPLOY_SAMPLERS, STAGES  # noqa: F401  (re-exported)
 
 
 def scheduler_config(config) -> sequential.SchedulerConfig:
