@@ -25,7 +25,6 @@ from dmc_jax.envs import nav1d
 from dmc_jax.envs import registry
 from dmc_jax.eval import evaluators, gym_rollout
 from dmc_jax.eval import rollout as rollout_lib
-from dmc_jax.models import policy as policy_lib
 from dmc_jax.networks import lora as lora_lib
 from dmc_jax.train import builders, checkpoint
 from dmc_jax.train import hooks as hooks_lib
@@ -97,16 +96,6 @@ def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None):
                              act_norm=act_norm)
 
 
-def _online_policy(config, dmc, obs_norm, act_norm, q_fn, v_fn):
-  """The ``act`` the evaluator uses (``eval.selection`` over ``eval.num_candidates``)."""
-  return policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
-                                selection=config.eval.selection,
-                                num_candidates=config.eval.num_candidates, q_fn=q_fn,
-                                v_fn=v_fn, temperature=config.eval.temperature,
-                                expectile=config.critic.expectile,
-                                q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef)
-
-
 def _online_critic_train(config, iql_update):
   """``train(critic_state, key, buf, trans)``: ``align.online.critic_steps`` IQL updates on
   batches of ``critic.batch_size``, a share ``align.online.mix`` of them from the online
@@ -136,8 +125,8 @@ class _Online:
                                    config.env.step_size)
     run = rollout_lib.make_rollout(nav1d.reset, nav1d.step, env_params,
                                    max_steps=config.env.horizon,
-                                   act_fn=_online_policy(config, dmc, obs_norm, act_norm, q_fn,
-                                                         v_fn),
+                                   act_fn=evaluators.make_act(config, dmc, obs_norm, act_norm,
+                                                              q_fn, v_fn),
                                    history=dmc.history, execute_steps=dmc.execute_steps)
 
     def collect(params, critic_params, key, buf):
@@ -172,7 +161,7 @@ class _GymOnline:
     import gymnasium as gym
     registry.register_all()
     o = config.align.online
-    act = jax.jit(_online_policy(config, dmc, obs_norm, act_norm, q_fn, v_fn))
+    act = jax.jit(evaluators.make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn))
     add = jax.jit(replay.add)
     spec = env_info["env_spec"]
 
