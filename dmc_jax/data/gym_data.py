@@ -18,6 +18,7 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 
+from dmc_jax import progress as progress_lib
 from dmc_jax.data import dataset_ids, minari_io
 from dmc_jax.envs import metaworld as mw_env
 
@@ -50,11 +51,14 @@ metaworld_id, mujoco_id = dataset_ids.metaworld_id, dataset_ids.mujoco_id
 
 
 # ---------------------------------------------------------------------------- collection
-def collect(env: gym.Env, policy, num_episodes: int, *, seed: int, quality: Quality):
+def collect(env: gym.Env, policy, num_episodes: int, *, seed: int, quality: Quality,
+            name: str = "collect"):
   """Rolls out ``policy(obs) -> action`` (numpy) with ``quality``'s perturbation; episode
   ``i`` resets with seed ``seed * 100003 + i``. Returns the per-episode dicts of
   :data:`~dmc_jax.data.episodes.FIELDS` and each episode's ``success`` (any step with
-  ``info["success"]``; 0 where the env has no such flag)."""
+  ``info["success"]``; 0 where the env has no such flag). A progress line (``name``) every
+  5 s once it has run that long."""
+  progress = progress_lib.Progress(name, num_episodes, compiled_first=False, quiet_for=5.0)
   rng = np.random.default_rng(seed)
   low, high = env.action_space.low, env.action_space.high
   episodes, success = [], []
@@ -80,6 +84,7 @@ def collect(env: gym.Env, policy, num_episodes: int, *, seed: int, quality: Qual
         break
     episodes.append({k: np.asarray(v) for k, v in ep.items()})
     success.append(float(solved))
+    progress.update(i + 1, "episodes")
   return episodes, np.asarray(success)
 
 
@@ -93,8 +98,9 @@ def make_metaworld_dataset(task: str, quality: str, *, num_episodes: int = 200, 
   q = METAWORLD_QUALITIES[quality]
   mw_env.register()
   env = gym.make(mw_env.ENV_ID, task=task, max_episode_steps=max_episode_steps)
-  eps, success = collect(env, mw_env.scripted_policy(task), num_episodes, seed=seed, quality=q)
   did = name or metaworld_id(task, quality)
+  eps, success = collect(env, mw_env.scripted_policy(task), num_episodes, seed=seed, quality=q,
+                         name=f"collect {did}")
   ds = minari_io.write_dataset(
       did, eps, env, algorithm_name=f"metaworld-scripted-{quality}",
       description=f"MetaWorld {env.unwrapped.task} ({max_episode_steps}-step episodes): "
@@ -132,6 +138,7 @@ def train_ars(env: gym.Env, *, iterations: int = 40, directions: int = 8, top: i
   m = np.zeros((a_dim, o_dim))
   mean, std = np.zeros(o_dim), np.ones(o_dim)
   seen, history = [], []
+  progress = progress_lib.Progress("ARS", iterations, compiled_first=False, quiet_for=5.0)
   for it in range(iterations):
     deltas = rng.normal(size=(directions, a_dim, o_dim))
     ep_seed = seed * 7919 + it
@@ -145,6 +152,7 @@ def train_ars(env: gym.Env, *, iterations: int = 40, directions: int = 8, top: i
     states = np.asarray(seen)
     mean, std = states.mean(0), np.maximum(states.std(0), 1e-2)
     history.append(float(r.mean()))
+    progress.update(it + 1, f"return {history[-1]:.1f}")
   frozen = (m.copy(), mean.copy(), std.copy())
   low, high = env.action_space.low, env.action_space.high
   return (lambda obs: _linear_act(*frozen, obs, low, high)), history
@@ -169,10 +177,11 @@ def make_mujoco_dataset(env_name: str, quality: str, *, num_episodes: int = 20, 
     q = Quality(noise, 0.0, f"linear ARS controller ({ars_iterations} iterations) + "
                             f"N(0, {noise}^2) action noise")
     info = f"; ARS return {hist[0]:.1f} -> {hist[-1]:.1f}"
-  eps, _ = collect(env, policy, num_episodes, seed=seed, quality=q)
+  did = name or mujoco_id(env_name, quality)
+  eps, _ = collect(env, policy, num_episodes, seed=seed, quality=q, name=f"collect {did}")
   lo, hi = D4RL_REF_SCORES[env_name]
   return minari_io.write_dataset(
-      name or mujoco_id(env_name, quality), eps, env,
+      did, eps, env,
       algorithm_name=f"{env_name}-{quality}",
       description=f"{MUJOCO_ENVS[env_name]}: {q.description} (collection seed {seed}{info}); "
                   "reference returns are D4RL's", overwrite=overwrite,

@@ -5,10 +5,12 @@ import gymnasium as gym
 import jax
 import numpy as np
 
+from dmc_jax import progress as progress_lib
+
 
 def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
                 max_steps: int, history: int = 1, execute_steps: int = 1,
-                seeds=None) -> dict:
+                seeds=None, name: str = "gym eval") -> dict:
   """Runs ``num_episodes`` episodes in a ``SyncVectorEnv`` and returns ``returns [E]``,
   ``lengths [E]``, ``obs [E, T, O]``, ``actions [E, T, A]``, ``alive [E, T]``, the
   transitions' ``rewards [E, T]``, ``next_obs [E, T, O]`` (the true next observation, also
@@ -17,8 +19,10 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
 
   ``act_fn(key, history [E, K, O]) -> actions [E, X, A]`` (jit it); re-plans every
   ``execute_steps`` steps. Episode ``i`` resets with ``seed = seeds[i]`` (default ``i``).
-  Finished episodes keep stepping (auto-reset) but are masked out.
+  Finished episodes keep stepping (auto-reset) but are masked out. A roll-out that runs
+  longer than 10 s prints a progress line (``name``, env steps) every 10 s.
   """
+  progress = progress_lib.Progress(name, max_steps, quiet_for=10.0)
   envs = gym.vector.SyncVectorEnv([make_env for _ in range(num_episodes)],
                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
   seeds = list(range(num_episodes)) if seeds is None else [int(s) for s in seeds]
@@ -63,6 +67,9 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
     # With SAME_STEP auto-reset, obs of a finished env is already the next episode's start.
     hist = np.concatenate([hist[:, 1:], np.asarray(obs, np.float32)[:, None]], 1)
     alive &= ~done
+    if not alive.any():
+      progress.total = t + 1  # every episode ended: the last line says 100 %
+    progress.update(t + 1, f"{int(alive.sum())}/{num_episodes} episodes running")
     if not alive.any():
       break
   envs.close()

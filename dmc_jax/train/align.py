@@ -173,7 +173,7 @@ class _GymOnline:
       out = gym_rollout.rollout_gym(lambda: gym.make(spec), fn, k_act,
                                     num_episodes=o.episodes, max_steps=config.env.max_steps,
                                     history=dmc.history, execute_steps=dmc.execute_steps,
-                                    seeds=seeds)
+                                    seeds=seeds, name="online roll-out")
       n = out["obs"].shape[0] * out["obs"].shape[1]
       f32 = lambda x: np.asarray(x, np.float32)
       rows = {"obs": f32(obs_norm.normalize(out["obs"])).reshape(n, -1),

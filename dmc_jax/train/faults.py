@@ -15,6 +15,7 @@ import numpy as np
 
 from dmc_jax.train import checkpoint
 from dmc_jax.train import hooks as hooks_lib
+from dmc_jax.train import logging as logging_lib
 
 # Test-only: ``DMC_JAX_TEST_BOUNDARY=N`` makes a job started by ``launch.train`` SIGKILL itself
 # at its N-th write boundary (1-based); ``=list`` prints every boundary it passes.
@@ -139,6 +140,7 @@ def compare(ref: str, other: str) -> dict:
 
 _TEXT_FILES = ("config.json", "results.md", "align_results.md", "decisions.jsonl")
 _BINARY_FILES = ("learning_curve.png", "align_curve.png")
+_EVENT_FILES = (os.path.join(logging_lib.TB_DIR, logging_lib.TB_FILE),)
 _TIMED_COLUMNS = ("time (s)",)
 
 
@@ -158,9 +160,10 @@ def _text(path, name):
 
 def compare_files(ref: str, other: str) -> dict:
   """Every other output file of the two workdirs: ``{name: equal}`` for the files either
-  has (text files without timestamps and wall-clock columns; plots byte for byte)."""
+  has (text files without timestamps and wall-clock columns; plots byte for byte; the
+  TensorBoard file's steps, tags and values)."""
   out = {}
-  for name in _TEXT_FILES + _BINARY_FILES:
+  for name in _TEXT_FILES + _BINARY_FILES + _EVENT_FILES:
     a, b = os.path.join(ref, name), os.path.join(other, name)
     if not (os.path.exists(a) or os.path.exists(b)):
       continue
@@ -168,6 +171,8 @@ def compare_files(ref: str, other: str) -> dict:
       out[name] = False
     elif name in _BINARY_FILES:
       out[name] = open(a, "rb").read() == open(b, "rb").read()
+    elif name in _EVENT_FILES:  # scalars and steps, not wall times
+      out[name] = logging_lib.read_events(a) == logging_lib.read_events(b)
     else:
       out[name] = _text(a, name) == _text(b, name)
   return out

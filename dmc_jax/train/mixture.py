@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from dmc_jax import networks
+from dmc_jax import progress as progress_lib
 from dmc_jax.diffusion import (ddim, ddpm, flow_matching, losses, schedules, sde)
 from dmc_jax.train import logging as logging_lib
 from dmc_jax.train import step as step_lib
@@ -138,7 +139,7 @@ def _train(name, loss_fn, net, config, modes, std, k_init, k_train, writer):
       return step_fn(s, k_loss, sample_mixture(k_data, modes, std, batch))
     return jax.lax.scan(body, state, start + jnp.arange(chunk))
 
-  progress = logging_lib.Progress(f"train {name}", config.train.steps)
+  progress = progress_lib.Progress(f"train {name}", config.train.steps)
   done = 0
   while done < config.train.steps:
     state, metrics = run_chunk(state, done)

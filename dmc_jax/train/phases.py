@@ -8,6 +8,7 @@ import os
 import numpy as np
 from flax import traverse_util
 
+from dmc_jax import progress as progress_lib
 from dmc_jax.train import checkpoint
 from dmc_jax.train import hooks as hooks_lib
 from dmc_jax.train import logging as logging_lib
@@ -115,7 +116,7 @@ def run_phase(name: str, workdir: str, config, state, *, total: int, chunk: int,
           row_phase(r) == phase and r["step"] <= start))
     hooks.at(f"{name}:start")
     meta = {"config": json.loads(config.to_json()), "phase": name}
-    progress = logging_lib.Progress(f"train {name}", total)
+    progress = progress_lib.Progress(f"train {name}", total)
     for done, n in chunked(start, total, chunk):
       state, m = run_chunk(state, done, n)
       step = done + n

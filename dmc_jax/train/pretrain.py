@@ -76,20 +76,26 @@ def prepare_data(config):
 
 
 # -------------------------------------------------------------------------------- critic
+def make_critic_chunk(critic, k_train, batch_size: int):
+  """``run(state, start, n, data) -> (state, metrics [n])``: IQL updates ``start ..
+  start + n - 1`` as one compiled scan (update ``i`` draws its batch from
+  ``fold_in(k_train, i)``, so chunking does not change the numbers)."""
+  @functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
+  def run(state, start, n, data):
+    def body(s, i):
+      batch = ep_lib.sample_transitions(jax.random.fold_in(k_train, i), data, batch_size)
+      return critic.update(s, batch)
+    return jax.lax.scan(body, state, start + jnp.arange(n))
+  return run
+
+
 def train_critic(config, critic, trans_n, key, writer, workdir, hooks=hooks_lib.NONE):
   """IQL on normalised transitions (``critic``: :func:`builders.make_critic`); returns the
   final :class:`~dmc_jax.critics.iql.IQLState`."""
   cc = config.critic
-  update = critic.update
   k_init, k_train = jax.random.split(key)
   state = critic.init(k_init, trans_n.obs.shape[-1], trans_n.actions.shape[-1])
-
-  @functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
-  def run(state, start, n, data):
-    def body(s, i):
-      batch = ep_lib.sample_transitions(jax.random.fold_in(k_train, i), data, cc.batch_size)
-      return update(s, batch)
-    return jax.lax.scan(body, state, start + jnp.arange(n))
+  run = make_critic_chunk(critic, k_train, cc.batch_size)
 
   def log(step, m, progress):
     writer.write_scalars(step, {f"critic/{k}": v for k, v in m.items()})

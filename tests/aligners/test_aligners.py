@@ -3,6 +3,7 @@ the old params, truncation K, the cascade's conditioning and warm start."""
 import contextlib
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,8 +140,7 @@ class CompiledChunkTest(parameterized.TestCase):
       chunks[mode] = chunk
       chunk_state, chunk_m = chunk(jax.tree.map(jnp.copy, state), params, critic, key,
                                    np.int32(u0), np.float32(1.0))
-      for x, y in zip(jax.tree.leaves(loop_state), jax.tree.leaves(chunk_state)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=f"{name} {mode}")
+      chex.assert_trees_all_equal(loop_state, chunk_state, custom_message=f"{name} {mode}")
       self.assertEqual(chunk_m["loss"].shape, (n,))
       np.testing.assert_array_equal(np.asarray(chunk_m["loss"]),
                                     np.asarray([m["loss"] for m in loop_m]))

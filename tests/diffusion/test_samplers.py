@@ -1,6 +1,7 @@
 """Samplers against closed forms: a Gaussian target has an exact denoiser (tests/oracles.py)."""
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,8 +133,8 @@ class InvariantTest(parameterized.TestCase):
     out = jax.jit(functools.partial(sample, **kw))(None, jax.random.key(5), self.x_T)
     c = out.chain
     steps = c.t.shape[0]
-    self.assertEqual(c.x_t.shape, (steps, 64, 3))
-    self.assertEqual(c.log_prob.shape, (steps, 64))
+    chex.assert_shape(c.x_t, (steps, 64, 3))
+    chex.assert_shape(c.log_prob, (steps, 64))
     # The chain is consistent: each step's input is the previous step's output.
     np.testing.assert_array_equal(c.x_t[1:], c.x_tm1[:-1])
     np.testing.assert_array_equal(c.x_tm1[-1], out.x_0)
@@ -160,8 +161,7 @@ class InvariantTest(parameterized.TestCase):
     sample = ddim.make_ddim_sampler(self.fn, self.sched, 8, return_chain=True)
     eager = sample(None, jax.random.key(6), self.x_T, eta=0.3)
     jitted = jax.jit(sample)(None, jax.random.key(6), self.x_T, eta=0.3)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-                 eager, jitted)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
 
   def test_sde_uses_its_noise_and_ode_does_not(self):
     s = jax.jit(sde.make_sde_sampler(self.fn, self.sched, 20))

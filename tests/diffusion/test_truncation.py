@@ -1,4 +1,5 @@
 """Truncated backprop through the sampler, against a second (Python-loop) implementation."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,13 +40,11 @@ class TruncationTest(parameterized.TestCase):
 
   def test_k0_gives_zero_gradient(self):
     g = self._grad(0)
-    for leaf in jax.tree.leaves(g):
-      np.testing.assert_array_equal(leaf, 0.0)
+    chex.assert_trees_all_equal(g, jax.tree.map(jnp.zeros_like, g))
 
   def test_k_all_equals_full_backprop(self):
     full, trunc = self._grad(None), self._grad(STEPS)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), full,
-                 trunc)
+    chex.assert_trees_all_close(full, trunc, rtol=1e-4, atol=1e-4)
     self.assertGreater(sum(float(jnp.abs(l).sum()) for l in jax.tree.leaves(full)), 0.0)
 
   @parameterized.parameters(1, 3)
@@ -69,8 +68,7 @@ class TruncationTest(parameterized.TestCase):
 
     expected = jax.jit(jax.grad(loop_reward))(self.params)
     got = self._grad(k)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got,
-                 expected)
+    chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-4)
     # and it differs from full backprop (the early steps do contribute)
     full = self._grad(None)
     diff = sum(float(jnp.abs(a - b).sum()) for a, b in zip(jax.tree.leaves(full),
@@ -87,7 +85,7 @@ class TruncationTest(parameterized.TestCase):
     self.assertEqual(sum(float(jnp.abs(l).sum()) for l in jax.tree.leaves(g0)), 0.0)
     g = jax.grad(lambda p: _reward(sample(4)(p, jax.random.key(0), self.x_T).x_0))(self.params)
     gf = jax.grad(lambda p: _reward(sample(None)(p, jax.random.key(0), self.x_T).x_0))(self.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g, gf)
+    chex.assert_trees_all_close(g, gf, rtol=1e-4, atol=1e-4)
 
 
 if __name__ == "__main__":

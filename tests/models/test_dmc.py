@@ -1,4 +1,5 @@
 """The three DMCs: in-painting is exact for every sampler, masks and conditions are honoured."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,9 +50,9 @@ class PlannerTest(parameterized.TestCase):
     params = model.init(jax.random.key(0))
     hist = jax.random.normal(jax.random.key(1), (3, 1, OBS))
     prop = jax.jit(model.propose, static_argnums=3)(params, jax.random.key(2), hist, 5)
-    self.assertEqual(prop.plan_obs.shape, (3, 5, H, OBS))
-    self.assertEqual(prop.plan_actions.shape, (3, 5, H - 1, ACT))
-    self.assertEqual(prop.actions.shape, (3, 5, model.execute_steps, ACT))
+    chex.assert_shape(prop.plan_obs, (3, 5, H, OBS))
+    chex.assert_shape(prop.plan_actions, (3, 5, H - 1, ACT))
+    chex.assert_shape(prop.actions, (3, 5, model.execute_steps, ACT))
     np.testing.assert_array_equal(prop.plan_obs[:, :, 0],
                                   jnp.broadcast_to(hist[:, None, -1], (3, 5, OBS)))
     # The rest of the plan is sampled: candidates differ.
