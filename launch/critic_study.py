@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from dmc_jax.critics import selection
 from dmc_jax.eval import critic_probe, oracle
 from dmc_jax.envs import nav1d
 from dmc_jax.train import builders, compile_cache, pretrain, validation
@@ -75,12 +76,15 @@ def study_variant(config, overrides: dict, *, seed: int, num_candidates: int,
   seconds = time.time() - start
   env = nav1d.make_params(config.env.task_seed, config.env.horizon, config.env.step_size)
   qstar = oracle.oracle_q_fn(config, data.obs_norm, data.act_norm)
+  cc = config.critic
+  combine = lambda q: selection.aggregate_heads(q, cc.q_agg, cc.lcb_coef)
   rows = {}
   for name, q_fn in (("learned", lambda o, a: critic.q_fn(state.q.params, o, a)),
                      ("oracle", lambda o, a: qstar(None, o, a))):
     ret = np.asarray(jax.jit(lambda k, q_fn=q_fn: critic_probe.greedy_returns(
         k, q_fn, env, obs_norm=data.obs_norm, act_norm=data.act_norm,
-        num_candidates=num_candidates, num_episodes=num_episodes))(jax.random.key(10_000)))
+        num_candidates=num_candidates, num_episodes=num_episodes,
+        combine=combine))(jax.random.key(10_000)))
     rows[name] = {"mean": float(ret.mean()), "std": float(ret.std(ddof=1)), "ci95": ci95(ret)}
   return {"critic": dict(config.critic), "train_seconds": round(seconds, 1), **rows}
 

@@ -193,7 +193,8 @@ def env_guard(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
   """Why a stage visit must be reverted, or None.
 
   ``before`` and ``after`` hold per-episode measures (``return``, and ``success`` where the
-  environment reports it) on the *same* episode seeds, before and after the visit. A paired
+  environment reports it; ``SELECTION/return`` and ``SELECTION/success`` for further
+  selections of the same model) on the *same* episode seeds, before and after the visit. A paired
   one-sided test per measure: the visit is reverted when the mean per-episode change is
   negative and more than ``tol`` standard errors of that change (``std(after - before,
   ddof=1) / sqrt(n)``) below zero, or when an after value is not finite. Pairing removes the
@@ -202,8 +203,12 @@ def env_guard(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
   """
   if tol <= 0:
     return None
-  for name in GUARD_MEASURES:
-    if name not in before or name not in after:
+  # ``return``/``success`` of the curve's selection, and ``SELECTION/return`` etc. of every
+  # other selection the guard watches (``align.guard_selections``).
+  names = [k for k in before if k.rsplit("/", 1)[-1] in GUARD_MEASURES]
+  names.sort(key=lambda k: ("/" in k, k))
+  for name in names:
+    if name not in after:
       continue
     b = np.asarray(before[name], np.float64)
     a = np.asarray(after[name], np.float64)

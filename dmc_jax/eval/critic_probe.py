@@ -16,17 +16,20 @@ from dmc_jax.envs import nav1d
 
 
 def greedy_returns(key, q_fn: Callable, env: nav1d.Nav1DParams, *, obs_norm, act_norm,
-                   num_candidates: int, num_episodes: int):
+                   num_candidates: int, num_episodes: int, combine: Callable = None):
   """Returns ``[num_episodes]`` of the controller ``a = argmax_i q(s, a_i)``, ``a_i ~ U[-1, 1]``.
 
-  ``q_fn(obs_n [N, O], act_n [N, A]) -> [heads, N]`` in normalised units (the heads are
-  combined by their minimum). The candidates of step ``t`` of episode ``e`` depend only on
+  ``q_fn(obs_n [N, O], act_n [N, A]) -> [heads, N]`` in normalised units; ``combine(q
+  [heads, N]) -> [N]`` merges the heads as the deployed selection does (default: their
+  minimum; :func:`dmc_jax.critics.selection.aggregate_heads`). The candidates of step ``t`` of episode ``e`` depend only on
   ``(key, e, t)``, so two critics are compared on the same candidates.
   """
+  combine = combine or (lambda q: jnp.min(q, 0))
+
   def act(k, obs):
     a = jax.random.uniform(k, (num_candidates, nav1d.ACT_DIM), minval=-1.0, maxval=1.0)
     o = jnp.broadcast_to(obs_norm.normalize(obs), (num_candidates, obs.shape[-1]))
-    q = jnp.min(q_fn(o, act_norm.normalize(a)), 0)
+    q = combine(q_fn(o, act_norm.normalize(a)))
     return a[jnp.argmax(q)]
 
   def episode(k):

@@ -451,6 +451,23 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, bat
   return {"dmc": spec.wrap(dmc), "params": spec.inference_params(first, state, scale)}
 
 
+def guarded_evaluator(curve_evaluate, others: dict):
+  """The curve's evaluator, whose per-episode values also hold ``SELECTION/MEASURE`` for
+  every selection in ``others`` (same params, key and seeds): what the environment guard
+  compares (:func:`dmc_jax.aligners.sequential.env_guard`). The metrics are the curve's."""
+  if not others:
+    return curve_evaluate
+
+  def evaluate(params, critic_params, key, n):
+    m, per_episode = curve_evaluate(params, critic_params, key, n)
+    per_episode = dict(per_episode)
+    for name, ev in others.items():
+      _, extra = ev(params, critic_params, key, n)
+      per_episode.update({f"{name}/{k}": v for k, v in extra.items()})
+    return m, per_episode
+  return evaluate
+
+
 def align_and_evaluate(config, workdir, *, dmc, base_params, critic, critic_fns, seg_data,
                        trans_n, obs_norm, act_norm, env_info, writer, key, k_eval,
                        hooks=hooks_lib.NONE):
@@ -474,8 +491,10 @@ def align_and_evaluate(config, workdir, *, dmc, base_params, critic, critic_fns,
       config, workdir, dmc=dmc, base_params=base_params, critic_state=critic, q_fn=q_fn,
       v_fn=v_fn, iql_update=critic_fns.update, seg_data=seg_data, trans_n=trans_n,
       obs_norm=obs_norm, act_norm=act_norm,
-      evaluate=evaluator(config.align.curve_selection, deployed), writer=writer, key=key,
-      env_info=env_info, hooks=hooks)
+      evaluate=guarded_evaluator(evaluator(config.align.curve_selection, deployed),
+                                 {s: evaluator(s, deployed)
+                                  for s in config.align.guard_selections}),
+      writer=writer, key=key, env_info=env_info, hooks=hooks)
   params = merged_params(dmc, base_params, out["lora"], out["lora_scale"])
   ref_critic = (critic.q.params, critic.v.params)
   new_critic = (out["critic_state"].q.params, out["critic_state"].v.params)

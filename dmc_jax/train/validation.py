@@ -194,6 +194,10 @@ def validate_align(config, num_sampling_steps: int) -> None:
           f"{sel.SELECTIONS}")
   if a.curve_selection not in sel.SELECTIONS:
     bad("curve_selection", a.curve_selection, f"one of {sel.SELECTIONS}")
+  for s in tuple(a.guard_selections):
+    if s not in sel.SELECTIONS or s == a.curve_selection:
+      bad("guard_selections", tuple(a.guard_selections),
+          f"selections from {sel.SELECTIONS} other than curve_selection={a.curve_selection!r}")
   if a.rl.method not in rl.METHODS:
     bad("rl.method", a.rl.method, f"one of {rl.METHODS}")
   if a.rl.credit not in rl.CREDITS:

@@ -41,6 +41,25 @@ class SchedulerTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"shape \(16,\), after \(8,\)"):
       seq.env_guard(before, {"return": before["return"][:8]}, 1.0)
 
+  def test_env_guard_watches_every_selection_it_is_given(self):
+    rng = np.random.default_rng(1)
+    before = {"return": rng.normal(20.0, 3.0, 16)}
+    before["argmax/return"] = before["return"] + 5.0
+    up = {"return": before["return"] + 2.0, "argmax/return": before["argmax/return"] + 0.1}
+    self.assertIsNone(seq.env_guard(before, up, 1.0))
+    # The sampler gains, the deployed argmax controller loses on every seed: reverted.
+    down = {"return": before["return"] + 2.0,
+            "argmax/return": before["argmax/return"] - 1.0 + rng.normal(0, 0.1, 16)}
+    self.assertRegex(seq.env_guard(before, down, 1.0),
+                     r"environment argmax/return fell from 25\.\d+ to 24\.\d+")
+    # The reverse: the argmax controller holds and the sampler falls.
+    down2 = {"return": before["return"] - 1.0 + rng.normal(0, 0.1, 16),
+             "argmax/return": before["argmax/return"]}
+    self.assertRegex(seq.env_guard(before, down2, 1.0), r"^environment return fell")
+    # Keys that are not guard measures are ignored.
+    self.assertIsNone(seq.env_guard(dict(before, **{"argmax/length": np.ones(16)}),
+                                    dict(up, **{"argmax/length": np.zeros(16)}), 1.0))
+
   def test_advances_on_a_plateau(self):
     s = seq.init_state(1.0)
     actions = []

@@ -24,10 +24,10 @@ class GreedyReturnsTest(absltest.TestCase):
     q = oracle.oracle_q_fn(self.c, self.obs_norm, self.act_norm)
     self.qstar = lambda o, a: q(None, o, a)
 
-  def run_probe(self, q_fn, n, episodes=32):
+  def run_probe(self, q_fn, n, episodes=32, combine=None):
     return np.asarray(jax.jit(lambda k: critic_probe.greedy_returns(
         k, q_fn, self.env, obs_norm=self.obs_norm, act_norm=self.act_norm,
-        num_candidates=n, num_episodes=episodes))(jax.random.key(3)))
+        num_candidates=n, num_episodes=episodes, combine=combine))(jax.random.key(3)))
 
   def test_oracle_with_many_candidates_reaches_the_dp_value(self):
     values = np.asarray(jax.jit(nav1d.solve_values)(self.env))
@@ -43,10 +43,13 @@ class GreedyReturnsTest(absltest.TestCase):
     self.assertGreater(best, one + 5.0)
     self.assertLess(worst, one - 1.0)
 
-  def test_heads_are_combined_by_their_minimum(self):
+  def test_heads_are_combined_by_their_minimum_or_the_given_rule(self):
     # Head 0 is Q*, head 1 is a constant far above it: the minimum is Q* again.
     two = lambda o, a: jnp.concatenate([self.qstar(o, a), jnp.full((1, o.shape[0]), 1e3)])
     np.testing.assert_array_equal(self.run_probe(two, 8), self.run_probe(self.qstar, 8))
+    # Combined by the negated head 0 instead: the controller ranks against Q*.
+    neg = self.run_probe(two, 8, combine=lambda q: -q[0])
+    self.assertLess(neg.mean(), self.run_probe(self.qstar, 8).mean() - 5.0)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,32 @@ class AlignJobTest(absltest.TestCase):
     self.assertEqual(results["align_curve"][-1][5], "rl (pass 0) reverted")
 
 
+  def test_env_guard_watches_the_deployed_argmax_controller(self):
+    """With ``guard_selections=("argmax",)`` the guard compares the argmax controller's
+    per-episode returns too: a fall there alone reverts the visit."""
+    c = smoke(stages=("rl",), eval_selections=("first",), max_chunks=1, min_chunks=1,
+              guard_selections=("argmax",))
+    real = align_lib.run_alignment
+    seen = []
+
+    def run_alignment(*args, evaluate, **kw):
+      def fake(params, critic_params, key, n):
+        m, r = evaluate(params, critic_params, key, n)
+        seen.append(sorted(r))
+        if len(seen) == 2:  # after the RL visit: only the argmax controller loses
+          r = dict(r, **{"argmax/return": r["argmax/return"] - 100.0})
+        return m, r
+      return real(*args, evaluate=fake, **kw)
+
+    with tempfile.TemporaryDirectory() as wd, mock.patch.object(align_lib, "run_alignment",
+                                                                run_alignment):
+      offline.train_and_evaluate(c, wd)
+      decisions = [json.loads(line) for line in open(os.path.join(wd, "decisions.jsonl"))]
+    self.assertEqual(seen[0], ["argmax/return", "return"])
+    self.assertEqual([d["action"] for d in decisions], ["finish", "revert"])
+    self.assertIn("environment argmax/return fell", decisions[1]["reason"])
+
+
 class AlignConfigTest(absltest.TestCase):
 
   def check(self, message, **align):
@@ -141,6 +167,9 @@ class AlignConfigTest(absltest.TestCase):
     self.check(r"align.cascade.share_step=4", cascade__share_step=4)
     self.check(r"align.sft.keep_frac=0.0", sft__keep_frac=0.0)
     self.check(r"align.env_guard=-1.0.*non-negative", env_guard=-1.0)
+    self.check(r"align.guard_selections=\('best',\).*other than curve_selection",
+               guard_selections=("best",))
+    self.check(r"align.guard_selections=\('first',\)", guard_selections=("first",))
     self.check(r"align.curve_selection=.best.*one of", curve_selection="best")
     self.check(r"align.online.mix=0.0.*\(0, 1\]", online__mix=0.0)
     self.check(r"align.online.episodes=0.*positive integer", online__episodes=0)
