@@ -22,17 +22,21 @@ class Progress:
     self._base = None if compiled_first else (now, 0)  # (time, done) the rate counts from
     self._printed = None  # time of the last printed line
 
-  def update(self, done: int, extra: str = "") -> str:
-    now = time.time()
+  def status(self, done: int, now: float = None) -> str:
+    """``done/total (pct) rate/s ETA s`` (or ``(first chunk, compiled)``), without printing."""
+    now = time.time() if now is None else now
     pct = f"{done}/{self.total} ({100 * done / self.total:.0f}%)"
     if self._base is None or done <= self._base[1]:
       self._base = (now, done)
-      line = f"{self.name}: {pct} (first chunk, compiled) {extra}".rstrip()
-    else:
-      t0, d0 = self._base
-      rate = (done - d0) / max(now - t0, 1e-9)
-      eta = (self.total - done) / rate if rate > 0 else float("inf")
-      line = f"{self.name}: {pct} {rate:.1f}/s ETA {eta:.0f}s {extra}".rstrip()
+      return f"{pct} (first chunk, compiled)"
+    t0, d0 = self._base
+    rate = (done - d0) / max(now - t0, 1e-9)
+    eta = (self.total - done) / rate if rate > 0 else float("inf")
+    return f"{pct} {rate:.1f}/s ETA {eta:.0f}s"
+
+  def update(self, done: int, extra: str = "") -> str:
+    now = time.time()
+    line = f"{self.name}: {self.status(done, now)} {extra}".rstrip()
     if self.quiet_for <= 0:
       show = True
     elif done >= self.total:

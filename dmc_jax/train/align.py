@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dmc_jax import progress as progress_lib
 from dmc_jax.aligners import base as base_lib
 from dmc_jax.aligners import cascade as cascade_lib
 from dmc_jax.aligners import dpo, rewards, rl, sequential, sft
@@ -260,6 +261,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                                  max_to_keep=config.train.keep_checkpoints)
   decisions = logging_lib.MetricWriter(workdir, "decisions.jsonl")
   curve_pts = []
+  visit_progress = None  # rate and ETA of the current stage visit's updates
   try:
     restored = ckpt.restore(tree)
     if restored is not None:
@@ -297,6 +299,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       if sched.chunk == 0 and sched.rollbacks == 0:  # a new stage visit: fresh optimiser
         st = base_lib.init_state(st.params, tx)
         tree = dict(tree, visit_start=st.params)
+      if visit_progress is None or visit_progress.name != (name, sched.pass_idx):
+        # Updates of this visit; its end is decided on a plateau, so the ETA is an upper
+        # bound (``align.max_chunks``). The first chunk compiles and is not timed.
+        visit_progress = progress_lib.Progress((name, sched.pass_idx),
+                                               a.max_chunks * a.updates_per_chunk)
       st = base_lib.set_learning_rate(st, stage_lr(config, name) * sched.lr_scale)
       critic_params = (tree["critic"].q.params, tree["critic"].v.params)
       chunk_no = done_updates // a.updates_per_chunk + 1
@@ -331,9 +338,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       writer.write_scalars(step, {f"align/{name}/{k}": v for k, v in summary.items()}
                            | {"align/track_reward": reward, "align/track_reward_std": reward_std,
                               "align/lr": float(base_lib.learning_rate(st))})
-      print(f"align {name} pass {sched.pass_idx} chunk {sched.chunk + 1}: reward {reward:.4f} "
-            f"loss {summary.get('loss', float('nan')):.4f} -> {decision['action']} "
-            f"({decision['reason']})", flush=True)
+      rate = visit_progress.status((sched.chunk + 1) * a.updates_per_chunk).replace(
+          "ETA", "ETA <=")
+      print(f"align {name} pass {sched.pass_idx} chunk {sched.chunk + 1} [{rate}]: reward "
+            f"{reward:.4f} loss {summary.get('loss', float('nan')):.4f} -> "
+            f"{decision['action']} ({decision['reason']})", flush=True)
       rolled_back = decision["action"] == "rollback" or decision.get("rollback", False)
       if not rolled_back:
         tree = new_tree

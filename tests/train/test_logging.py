@@ -40,6 +40,16 @@ class ProgressTest(absltest.TestCase):
                                "collect: 5/10 (50%) 0.5/s ETA 11s", last])
     self.assertEqual(last, "collect: 10/10 (100%) 0.8/s ETA 0s")
 
+  def test_status_is_the_line_without_printing(self):
+    clock = iter([0.0, 10.0, 12.0])
+    printed = []
+    with mock.patch.object(progress_lib.time, "time", lambda: next(clock)), mock.patch(
+        "builtins.print", lambda line, **_: printed.append(line)):
+      p = progress_lib.Progress(("rl", 0), 100)
+      self.assertEqual(p.status(20), "20/100 (20%) (first chunk, compiled)")
+      self.assertEqual(p.status(40), "40/100 (40%) 10.0/s ETA 6s")
+    self.assertEqual(printed, [])
+
   def test_a_short_quiet_loop_prints_nothing(self):
     clock = iter([0.0, 1.0, 2.0])  # built at 0
     printed = []
