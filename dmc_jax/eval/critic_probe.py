@@ -13,34 +13,31 @@ import jax
 import jax.numpy as jnp
 
 from dmc_jax.envs import nav1d
+from dmc_jax.eval import rollout as rollout_lib
 
 
 def greedy_returns(key, q_fn: Callable, env: nav1d.Nav1DParams, *, obs_norm, act_norm,
                    num_candidates: int, num_episodes: int, combine: Callable = None):
-  """Returns ``[num_episodes]`` of the controller ``a = argmax_i q(s, a_i)``, ``a_i ~ U[-1, 1]``.
+  """Returns ``[num_episodes]`` of the controller ``a = argmax_i q(s, a_i)``, ``a_i ~ U[-1, 1]``,
+  rolled out with :func:`dmc_jax.eval.rollout.make_rollout` (the evaluators' roll-out).
 
-  ``q_fn(obs_n [N, O], act_n [N, A]) -> [heads, N]`` in normalised units; ``combine(q
-  [heads, N]) -> [N]`` merges the heads as the deployed selection does (default: their
-  minimum; :func:`dmc_jax.critics.selection.aggregate_heads`). The candidates of step ``t`` of episode ``e`` depend only on
-  ``(key, e, t)``, so two critics are compared on the same candidates.
+  ``q_fn(obs_n [M, O], act_n [M, A]) -> [heads, M]`` in normalised units; ``combine(q
+  [heads, M]) -> [M]`` merges the heads as the deployed selection does (default: their
+  minimum; :func:`dmc_jax.critics.selection.aggregate_heads`). The candidates depend only on
+  ``key`` and the step, so two critics are compared on the same candidates.
   """
   combine = combine or (lambda q: jnp.min(q, 0))
+  n, a_dim = num_candidates, nav1d.ACT_DIM
 
-  def act(k, obs):
-    a = jax.random.uniform(k, (num_candidates, nav1d.ACT_DIM), minval=-1.0, maxval=1.0)
-    o = jnp.broadcast_to(obs_norm.normalize(obs), (num_candidates, obs.shape[-1]))
-    q = combine(q_fn(o, act_norm.normalize(a)))
-    return a[jnp.argmax(q)]
+  def act(_, __, k, hist):
+    obs = hist[:, -1]  # [E, O]
+    e = obs.shape[0]
+    cand = jax.random.uniform(k, (e, n, a_dim), minval=-1.0, maxval=1.0)
+    o = jnp.repeat(obs_norm.normalize(obs), n, axis=0)  # [E N, O]
+    q = combine(q_fn(o, act_norm.normalize(cand.reshape(e * n, a_dim)))).reshape(e, n)
+    best = jnp.take_along_axis(cand, jnp.argmax(q, -1)[:, None, None], axis=1)  # [E, 1, A]
+    return best, {}
 
-  def episode(k):
-    k_reset, k_steps = jax.random.split(k)
-    state, obs = nav1d.reset(k_reset, env)
-
-    def body(carry, k_t):
-      state, obs = carry
-      state, obs, r, _ = nav1d.step(k_t, state, act(k_t, obs), env)
-      return (state, obs), r
-    _, rewards = jax.lax.scan(body, (state, obs), jax.random.split(k_steps, env.horizon))
-    return jnp.sum(rewards)
-
-  return jax.vmap(episode)(jax.random.split(key, num_episodes))
+  rollout = rollout_lib.make_rollout(nav1d.reset, nav1d.step, env, max_steps=env.horizon,
+                                     act_fn=act)
+  return rollout(None, None, key, num_episodes)["returns"]
