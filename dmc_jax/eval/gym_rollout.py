@@ -67,10 +67,11 @@ def rollout_gym(make_env: Callable, act_fn: Callable, key, *, num_episodes: int,
     # With SAME_STEP auto-reset, obs of a finished env is already the next episode's start.
     hist = np.concatenate([hist[:, 1:], np.asarray(obs, np.float32)[:, None]], 1)
     alive &= ~done
-    if not alive.any():
+    finished = not alive.any()
+    if finished:
       progress.total = t + 1  # every episode ended: the last line says 100 %
     progress.update(t + 1, f"{int(alive.sum())}/{num_episodes} episodes running")
-    if not alive.any():
+    if finished:
       break
   envs.close()
   out = {"returns": rets, "lengths": lengths, "obs": np.stack(rec_obs, 1),

@@ -261,7 +261,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                                  max_to_keep=config.train.keep_checkpoints)
   decisions = logging_lib.MetricWriter(workdir, "decisions.jsonl")
   curve_pts = []
-  visit_progress = None  # rate and ETA of the current stage visit's updates
+  visit_key, visit_progress = None, None  # the current stage visit and its rate / ETA
   try:
     restored = ckpt.restore(tree)
     if restored is not None:
@@ -299,10 +299,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       if sched.chunk == 0 and sched.rollbacks == 0:  # a new stage visit: fresh optimiser
         st = base_lib.init_state(st.params, tx)
         tree = dict(tree, visit_start=st.params)
-      if visit_progress is None or visit_progress.name != (name, sched.pass_idx):
+      if visit_key != (name, sched.pass_idx):
         # Updates of this visit; its end is decided on a plateau, so the ETA is an upper
         # bound (``align.max_chunks``). The first chunk compiles and is not timed.
-        visit_progress = progress_lib.Progress((name, sched.pass_idx),
+        visit_key = (name, sched.pass_idx)
+        visit_progress = progress_lib.Progress(f"align {name} pass {sched.pass_idx}",
                                                a.max_chunks * a.updates_per_chunk)
       st = base_lib.set_learning_rate(st, stage_lr(config, name) * sched.lr_scale)
       critic_params = (tree["critic"].q.params, tree["critic"].v.params)
