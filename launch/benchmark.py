@@ -11,6 +11,8 @@ divided by a float32 1024x1024 matmul measured in the same process.
   python -m launch.benchmark --cases=eval,memory          # jitted vs Python-loop evaluation;
                                                           # Q-gradient step memory vs K and T
   python -m launch.benchmark --cases=e2e --repeats=1      # wall-clock of whole jobs (slow)
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m launch.benchmark --cases=mesh
+      # critic / DMC updates/s on a mesh of 1, 2, 4 devices (train.parallel=mesh)
 
 The ``align`` case times one compiled alignment chunk (``align.updates_per_chunk`` updates
 as one ``lax.scan``, as the job runs them) of each aligner on the Nav1D models with the
@@ -405,8 +407,70 @@ def run_e2e(repeats):
   return 0, res
 
 
+def run_mesh(repeats):
+  """Updates per second of one critic chunk (IQL, default sizes) and one DMC chunk (the
+  default Nav1D DP) on a mesh over the first 1, 2, 4, ... devices (``train.parallel =
+  mesh``: each batch split, parameters replicated). Simulated CPU devices share the host's
+  cores, so there the figure shows the path's overhead, not a speed-up; run it on a GPU/TPU
+  host (or with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) for the scaling."""
+  from jax.sharding import Mesh
+  from configs import nav1d as nav1d_config
+  from dmc_jax.data import episodes as ep_lib
+  from dmc_jax.envs import nav1d
+  from dmc_jax.train import builders, pretrain, sharding
+  from dmc_jax.train import step as step_lib
+  c = nav1d_config.get_config("dp,full")
+  c.diffusion.clip_x0 = 1.0
+  rng = np.random.default_rng(0)
+  m, o, a = 32000, nav1d.OBS_DIM, nav1d.ACT_DIM
+  trans = jax.tree.map(jnp.asarray, ep_lib.Transitions(
+      rng.normal(size=(m, o)).astype(np.float32), rng.uniform(-1, 1, (m, a)).astype(np.float32),
+      rng.normal(size=(m,)).astype(np.float32), rng.normal(size=(m, o)).astype(np.float32),
+      np.zeros((m,), np.float32)))
+  eps = ep_lib.Episodes(rng.normal(size=(200, 33, o)).astype(np.float32),
+                        rng.uniform(-1, 1, (200, 32, a)).astype(np.float32),
+                        np.zeros((200, 32), np.float32), np.zeros((200, 32), bool),
+                        np.full((200,), 32, np.int32))
+  critic = builders.make_critic(c)
+  dmc = builders.make_dmc(c, o, a)
+  norm_o = ep_lib.fit_normalizer(eps.observations.reshape(-1, o))
+  norm_a = ep_lib.fit_normalizer(eps.actions.reshape(-1, a))
+  seg = ep_lib.make_segment_data(eps, dmc.horizon, norm_o, norm_a)
+  step_fn = step_lib.make_train_step(dmc.loss, c.train.ema_decay)
+  counts = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= jax.device_count()]
+  res, n = {}, 50
+  for k in counts:
+    mesh = None if k == 1 else Mesh(np.asarray(jax.devices()[:k]), (sharding.DATA,))
+    for name, make, init, data in (
+        ("critic", lambda: pretrain.make_critic_chunk(critic, jax.random.key(1),
+                                                      c.critic.batch_size, mesh),
+         lambda: critic.init(jax.random.key(0), o, a), trans),
+        ("dmc", lambda: pretrain.make_dmc_chunk(dmc, step_fn, jax.random.key(1),
+                                                c.train.batch_size, mesh),
+         lambda: step_lib.create_train_state(dmc.init(jax.random.key(0)), optax.adam(1e-3)),
+         seg)):
+      run, state = make(), init()
+      t0 = time.perf_counter()
+      state, _ = _block(run(state, 0, n, data))
+      compile_s = time.perf_counter() - t0
+      times = []
+      for r in range(repeats):
+        t0 = time.perf_counter()
+        state, _ = _block(run(state, (r + 1) * n, n, data))
+        times.append((time.perf_counter() - t0) / n)
+      sec = statistics.median(times)
+      res[f"mesh/{name}/{k}dev"] = (max(compile_s - sec * n, 0.0), sec, 0.0,
+                                    {"updates_per_s": 1.0 / sec})
+  for name in ("critic", "dmc"):  # throughput against one device
+    one = res[f"mesh/{name}/1dev"][1]
+    for k in counts:
+      res[f"mesh/{name}/{k}dev"][3]["x_one_device"] = one / res[f"mesh/{name}/{k}dev"][1]
+  return 0, res
+
+
 RUNNERS = {"unet": run_unet, "dit": run_dit, "mlp": run_mlp, "decision": run_decision,
-           "align": run_align, "eval": run_eval, "memory": run_memory, "e2e": run_e2e}
+           "align": run_align, "eval": run_eval, "memory": run_memory, "e2e": run_e2e,
+           "mesh": run_mesh}
 
 
 def main(argv):
@@ -449,6 +513,7 @@ def main(argv):
     tg = (f"{r['target_speedup']:.1f}x" + (" ok" if r["meets_target"] else " NO")
           if "target_speedup" in r else "-")
     ups = f"  ({r['updates_per_s']:.2f} updates/s)" if "updates_per_s" in r else ""
+    ups += f"  {r['x_one_device']:.2f}x one device" if "x_one_device" in r else ""
     ups += "".join(f"  {k}={v:.1f}" for k, v in r.items() if k.endswith(("_mib", "_s"))
                    and k not in ("compile_s", "time_s", "reference_s", "updates_per_s"))
     print(f"{case:28s} {r['compile_s']:9.2f} {1e3 * r['time_s']:9.2f} {frac:>6s} {ref:>8s} "

@@ -18,7 +18,7 @@ from dmc_jax.envs import registry
 from dmc_jax.eval import coherency, gym_rollout
 from dmc_jax.eval import rollout as rollout_lib
 from dmc_jax.models import policy as policy_lib
-from dmc_jax.placement import on_first_device
+from dmc_jax import placement
 
 
 def make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn, num_candidates=None):
@@ -46,9 +46,14 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
     return _gym_evaluator(config, dmc, act, env_info)
   env_params = nav1d.make_params(config.env.task_seed, config.env.horizon, config.env.step_size)
   values = jax.jit(nav1d.solve_values)(env_params)
-  run = rollout_lib.make_rollout(nav1d.reset, nav1d.step, env_params,
-                                 max_steps=config.env.horizon, act_fn=act,
-                                 history=dmc.history, execute_steps=dmc.execute_steps)
+  # The job mesh (train.parallel) splits the episodes over the devices when they divide the
+  # episode count; parameters are replicated.
+  mesh = placement.job_mesh(config.train.get("parallel", "mesh"))
+  run = rollout_lib.make_rollout(
+      nav1d.reset, nav1d.step, env_params, max_steps=config.env.horizon, act_fn=act,
+      history=dmc.history, execute_steps=dmc.execute_steps,
+      shard=None if mesh is None else
+      functools.partial(placement.shard_batch, mesh=mesh, if_divisible=True))
   kind = config.data.dataset
   density = jax.vmap(jax.vmap(
       lambda t, o, a: nav1d.behaviour_density(kind, env_params, values, t, o[0], a[0]),
@@ -85,7 +90,9 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
   def wrapped(params, critic_params, key, num_episodes):
     # One placement for every call (the aligned params come back replicated over the
     # alignment's mesh, the reference's uncommitted): otherwise each compiles again.
-    params, critic_params, key = on_first_device((params, critic_params, key))
+    args = (params, critic_params, key)
+    params, critic_params, key = (placement.on_first_device(args) if mesh is None
+                                  else placement.replicate(args, mesh))
     metrics, returns = evaluate(params, critic_params, key, num_episodes)
     return {k: float(v) for k, v in metrics.items()}, {"return": np.asarray(returns)}
   return wrapped
@@ -98,7 +105,7 @@ def _gym_evaluator(config, dmc, act, env_info):
   act_jit = jax.jit(act)
 
   def evaluate(params, critic_params, key, num_episodes):
-    params, critic_params = on_first_device((params, critic_params))
+    params, critic_params = placement.on_first_device((params, critic_params))
     fn = lambda k, hist: act_jit(params, critic_params, k, jnp.asarray(hist))[0]
     out = gym_rollout.rollout_gym(lambda: gym.make(spec), fn, key, num_episodes=num_episodes,
                                   max_steps=config.env.max_steps, history=dmc.history,

@@ -4,14 +4,15 @@
 (so its sampler runs once per step for all of them) and is called every ``execute_steps``
 steps (``lax.cond`` on the shared time step); in between, the queued actions are executed.
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 
 def make_rollout(reset_fn: Callable, step_fn: Callable, env_params, *, max_steps: int,
-                 act_fn: Callable, history: int = 1, execute_steps: int = 1) -> Callable:
+                 act_fn: Callable, history: int = 1, execute_steps: int = 1,
+                 shard: Optional[Callable] = None) -> Callable:
   """Builds ``rollout(policy_params, critic_params, key, num_episodes) -> dict``.
 
   Args:
@@ -20,6 +21,9 @@ def make_rollout(reset_fn: Callable, step_fn: Callable, env_params, *, max_steps
     act_fn: ``(params, critic_params, key, history [E, K, O]) -> (actions [E, X, A], info)``
       with ``X >= execute_steps``.
     history: ``K``, observations the policy sees (earlier ones repeat the first).
+    shard: optional ``tree -> tree`` applied to the reset states and observations (e.g. a
+      sharding constraint that splits the episodes over a mesh); the episodes are
+      independent, so it changes where they run, not what they compute.
 
   Returns (``num_episodes`` static): ``returns [E]``, ``obs [E, T, O]``, ``actions [E, T, A]``,
   ``rewards [E, T]``, ``alive [E, T]`` (False after the episode ended), ``t [T]``,
@@ -30,6 +34,8 @@ def make_rollout(reset_fn: Callable, step_fn: Callable, env_params, *, max_steps
     k_reset, k_run = jax.random.split(key)
     states, obs = jax.vmap(reset_fn, (0, None))(jax.random.split(k_reset, num_episodes),
                                                 env_params)
+    if shard is not None:
+      states, obs = shard((states, obs))
     hist = jnp.repeat(obs[:, None], history, axis=1)
     shapes = jax.eval_shape(act_fn, params, critic_params, k_run, hist)
     queue0, info0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

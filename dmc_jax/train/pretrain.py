@@ -19,6 +19,7 @@ from dmc_jax.envs import registry
 from dmc_jax.train import checkpoint
 from dmc_jax.train import hooks as hooks_lib
 from dmc_jax.train import phases
+from dmc_jax.train import sharding
 from dmc_jax.train import step as step_lib
 from dmc_jax.train import validation
 
@@ -76,17 +77,23 @@ def prepare_data(config):
 
 
 # -------------------------------------------------------------------------------- critic
-def make_critic_chunk(critic, k_train, batch_size: int):
+def make_critic_chunk(critic, k_train, batch_size: int, mesh=None):
   """``run(state, start, n, data) -> (state, metrics [n])``: IQL updates ``start ..
   start + n - 1`` as one compiled scan (update ``i`` draws its batch from
-  ``fold_in(k_train, i)``, so chunking does not change the numbers)."""
+  ``fold_in(k_train, i)``, so chunking does not change the numbers). With a ``mesh``
+  (:func:`sharding.job_mesh`) each batch is split over its devices and the state and data
+  are replicated: the same batches, the gradients all-reduced (equal to one device within
+  float32 round-off)."""
   @functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
   def run(state, start, n, data):
     def body(s, i):
       batch = ep_lib.sample_transitions(jax.random.fold_in(k_train, i), data, batch_size)
-      return critic.update(s, batch)
+      return critic.update(s, sharding.shard_batch(batch, mesh))
     return jax.lax.scan(body, state, start + jnp.arange(n))
-  return run
+
+  def placed(state, start, n, data):
+    return run(sharding.replicate(state, mesh), start, n, sharding.replicate(data, mesh))
+  return placed if mesh is not None else run
 
 
 def train_critic(config, critic, trans_n, key, writer, workdir, hooks=hooks_lib.NONE):
@@ -95,19 +102,46 @@ def train_critic(config, critic, trans_n, key, writer, workdir, hooks=hooks_lib.
   cc = config.critic
   k_init, k_train = jax.random.split(key)
   state = critic.init(k_init, trans_n.obs.shape[-1], trans_n.actions.shape[-1])
-  run = make_critic_chunk(critic, k_train, cc.batch_size)
+  mesh = sharding.job_mesh(config.train.parallel)
+  run = make_critic_chunk(critic, k_train, cc.batch_size, mesh)
+  data = sharding.replicate(trans_n, mesh)  # once, not per chunk
 
   def log(step, m, progress):
     writer.write_scalars(step, {f"critic/{k}": v for k, v in m.items()})
     progress.update(step, f"q_loss {m['q_loss']:.4f} v_loss {m['v_loss']:.4f}")
 
-  return phases.run_phase("critic", workdir, config, state, total=cc.steps,
-                          chunk=config.train.log_every,
-                          run_chunk=lambda st, start, n: run(st, start, n, trans_n),
-                          writer=writer, log_fn=log, hooks=hooks)
+  state = phases.run_phase("critic", workdir, config, state, total=cc.steps,
+                           chunk=config.train.log_every,
+                           run_chunk=lambda st, start, n: run(st, start, n, data),
+                           writer=writer, log_fn=log, hooks=hooks)
+  return _leave_mesh(state, mesh)
+
+
+def _leave_mesh(tree, mesh):
+  """The phase's result as a single-device program would have left it (on the first local
+  device): alignment, evaluation and online fine-tuning place their own arguments."""
+  return tree if mesh is None else sharding.on_first_device(tree)
 
 
 # ----------------------------------------------------------------------------------- DMC
+def make_dmc_chunk(dmc, step_fn, k_train, batch_size: int, mesh=None):
+  """``run(state, start, n, seg) -> (state, metrics [n])``: DMC train steps ``start ..
+  start + n - 1`` as one compiled scan (step ``i`` draws its segments and loss noise from
+  ``fold_in(k_train, i)``). With a ``mesh`` the segments of each step are split over its
+  devices, state and data replicated (as :func:`make_critic_chunk`)."""
+  @functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
+  def run(state, start, n, seg):
+    def body(s, i):
+      k_data, k_loss = jax.random.split(jax.random.fold_in(k_train, i))
+      batch = ep_lib.sample_segments(k_data, seg, batch_size, dmc.horizon, dmc.history)
+      return step_fn(s, k_loss, sharding.shard_batch(batch, mesh))
+    return jax.lax.scan(body, state, start + jnp.arange(n))
+
+  def placed(state, start, n, seg):
+    return run(sharding.replicate(state, mesh), start, n, sharding.replicate(seg, mesh))
+  return placed if mesh is not None else run
+
+
 def pretrain_dmc(config, dmc, data: Data, seg_data, *, critic_params, evaluate, keys, writer,
                  workdir, hooks=hooks_lib.NONE):
   """Trains the DMC (EMA params evaluated every ``train.eval_every`` steps on
@@ -118,13 +152,9 @@ def pretrain_dmc(config, dmc, data: Data, seg_data, *, critic_params, evaluate, 
   state = step_lib.create_train_state(dmc.init(keys.init), optax.adam(tc.lr))
   step_fn = step_lib.make_train_step(dmc.loss, tc.ema_decay)
 
-  @functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
-  def run(state, start, n, seg):
-    def body(s, i):
-      k_data, k_loss = jax.random.split(jax.random.fold_in(keys.train, i))
-      batch = ep_lib.sample_segments(k_data, seg, tc.batch_size, dmc.horizon, dmc.history)
-      return step_fn(s, k_loss, batch)
-    return jax.lax.scan(body, state, start + jnp.arange(n))
+  mesh = sharding.job_mesh(tc.parallel)
+  seg_data = sharding.replicate(seg_data, mesh)  # once, not per chunk
+  run = make_dmc_chunk(dmc, step_fn, keys.train, tc.batch_size, mesh)
 
   eval_points = set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) if tc.eval_every else set()
   chunk = tc.log_every if not tc.eval_every else int(np.gcd(tc.log_every, tc.eval_every))
@@ -163,4 +193,4 @@ def pretrain_dmc(config, dmc, data: Data, seg_data, *, critic_params, evaluate, 
   writer.rewind(lambda r: phases.row_phase(r) < 3)
   curve = [(r["step"], r["curve/return_mean"], r["curve/return_std"]) for r in writer.rows()
            if "curve/return_mean" in r]
-  return phase_state["train_state"], curve
+  return _leave_mesh(phase_state["train_state"], mesh), curve

@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.995  # EMA of weights used for evaluation
   c.train.log_every = 500  # steps per compiled chunk / progress line
   c.train.eval_every = 1000  # steps between learning-curve evaluations (0 = only at the end)
+  # Critic and DMC pretraining: "mesh" splits every batch over all devices (of all processes)
+  # with parameters replicated (GSPMD); "none" runs on one device. One device: identical.
+  c.train.parallel = "mesh"
   c.train.keep_checkpoints = 3  # checkpoints kept per phase (saved after every chunk)
 
   c.align = ml_collections.ConfigDict()

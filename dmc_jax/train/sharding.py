@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dmc_jax.placement import on_first_device  # noqa: F401  (re-exported for the shells)
+# Re-exported for the shells: the job mesh of pretraining and evaluation (train.parallel).
+from dmc_jax.placement import (DATA, PRETRAIN_PARALLEL, job_mesh, mesh_size,  # noqa: F401
+                               on_first_device, replicate, shard_batch)
 
-DATA = "data"
 PARALLEL = ("none", "pmap", "shard_map")
 
 

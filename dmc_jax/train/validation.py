@@ -98,6 +98,13 @@ def validate_config(config) -> None:
     bad("critic.discount", config.critic.discount, "a number in [0, 1]")
   if config.train.eval_every < 0:
     bad("train.eval_every", config.train.eval_every, "0 (end only) or a positive integer")
+  one_of("train.parallel", config.train.parallel, sharding.PRETRAIN_PARALLEL)
+  n_dev = sharding.mesh_size(sharding.job_mesh(config.train.parallel))
+  for key in ("critic.batch_size", "train.batch_size"):
+    group, name = key.split(".")
+    if config[group][name] % n_dev:
+      bad(key, config[group][name], f"a multiple of the {n_dev} devices the pretraining "
+          "mesh splits each batch over (train.parallel='mesh'; 'none' uses one device)")
   m = config.model
   if m.execute_steps > m.horizon:
     bad("model.execute_steps", m.execute_steps, f"at most model.horizon={m.horizon}")
