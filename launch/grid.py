@@ -7,8 +7,13 @@ the report.
   python -m launch.grid --suite=mujoco --workdir=/tmp/mj --datasets=hopper:ars
   python -m launch.grid --datasets=partial,full,expert --selections=argmax,first \\
       --workdir=/tmp/nav1d_table --override=align.stages=                # pretraining only
+  python -m launch.grid --models=diffuser --sampler=ddpm,ddim,sde,flow \\
+      --datasets=partial,full,expert --workdir=/tmp/t2 \\
+      --override="align.eval_selections=('first','expectation','argmax')"   # the paper's Table 2
+  python -m launch.grid --suite=metaworld --models=dp --seed=0,1,2 --workdir=/tmp/mw3
 
-Each cell is ``launch.train`` on ``configs/SUITE.py:MODEL,DATASET`` (a ``:`` in a dataset entry
+Each cell (model × dataset × sampler × selection × training seed) is ``launch.train`` on
+``configs/SUITE.py:MODEL,DATASET`` (a ``:`` in a dataset entry
 becomes a ``,``) in its own workdir under ``--workdir``; finished cells are reused, so the
 command can be re-run after an interruption. Then writes, with :mod:`dmc_jax.eval.report`,
 ``WORKDIR/table.md`` (every cell's pretrained result) and, over the aligned cells,
@@ -38,8 +43,10 @@ MODELS = flags.DEFINE_list("models", ["diffuser", "dd", "dp"], "models to run")
 DATASETS = flags.DEFINE_list("datasets", None, "dataset entries (default: the suite's)")
 SELECTIONS = flags.DEFINE_list("selections", None, "eval.selection of the cells (default: "
                                "the config's; each one is its own cell)")
-SAMPLER = flags.DEFINE_string("sampler", "ddim", "diffusion sampler of every cell")
-SEED = flags.DEFINE_integer("seed", 0, "seed of every cell")
+SAMPLER = flags.DEFINE_list("sampler", ["ddim"], "diffusion samplers (each one is its own "
+                            "cell): ddpm, ddim, sde, flow")
+SEED = flags.DEFINE_list("seed", ["0"], "training seeds (config.seed; each one is its own "
+                         "cell; the report adds mean ± std across seeds)")
 OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE set in every cell's config "
                                       "(a Python literal; empty: an empty tuple)")
 CACHE = flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache "
@@ -64,18 +71,23 @@ def _set(config, item: str) -> None:
 def cells():
   """``(workdir, config)`` of every cell of the flags' grid."""
   module = importlib.import_module(f"configs.{SUITE.value}")
+  seeds = [int(s) for s in SEED.value]
   for dataset in DATASETS.value or SUITES[SUITE.value]:
     for model in MODELS.value:
-      for selection in SELECTIONS.value or [None]:
-        c = module.get_config(f"{model},{dataset.replace(':', ',')}")
-        c.diffusion.sampler, c.seed = SAMPLER.value, SEED.value
-        name = f"{model}_{dataset.replace(':', '_')}_{SAMPLER.value}"
-        if selection is not None:
-          c.eval.selection = selection
-          name += f"_{selection}"
-        for item in OVERRIDES.value:
-          _set(c, item)
-        yield os.path.join(WORKDIR.value, name), c
+      for sampler in SAMPLER.value:
+        for selection in SELECTIONS.value or [None]:
+          for seed in seeds:
+            c = module.get_config(f"{model},{dataset.replace(':', ',')}")
+            c.diffusion.sampler, c.seed = sampler, seed
+            name = f"{model}_{dataset.replace(':', '_')}_{sampler}"
+            if selection is not None:
+              c.eval.selection = selection
+              name += f"_{selection}"
+            if seeds != [0]:  # seed 0 alone keeps the old names (finished cells are reused)
+              name += f"_seed{seed}"
+            for item in OVERRIDES.value:
+              _set(c, item)
+            yield os.path.join(WORKDIR.value, name), c
 
 
 def main(argv):

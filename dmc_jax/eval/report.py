@@ -80,8 +80,17 @@ def as_run(results: dict, workdir: str) -> dict:
     raise ValueError(f"{workdir}/results.json has no 'align' section: the run was not aligned "
                      "(align.stages=()) or has not finished")
   env, data = split_dataset(results["dataset"])
-  return dict(results, workdir=workdir, env=env, data=data,
+  return dict(results, workdir=workdir, env=env, data=data, seed=training_seed(workdir),
               online_start=online_start(workdir), reverted=reverted_visits(workdir))
+
+
+def training_seed(workdir) -> int:
+  """The run's ``config.seed`` (``config.json``; 0 when the workdir has none)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return int(json.load(f).get("seed", 0))
 
 
 def load_run(workdir) -> dict:
@@ -122,7 +131,8 @@ def rows_of(runs) -> list:
     for sel, row in r["align"].items():
       out.append({"env": r["env"], "data": r["data"], "model": MODEL_NAMES.get(r["model"],
                                                                                r["model"]),
-                  "sampler": r["sampler"], "selection": sel, "before": row["before"],
+                  "sampler": r["sampler"], "selection": sel, "seed": r.get("seed", 0),
+                  "before": row["before"],
                   "after": row["after"], "cascade": row.get("cascade"),
                   "time": r.get("wall_clock_s", float("nan")),
                   "online_steps": r.get("online_env_steps"),
@@ -133,18 +143,21 @@ def rows_of(runs) -> list:
 def paper_table(rows) -> str:
   """Rows dataset × environment, columns model / sampler / selection: "before -> after"."""
   cols = sorted({(r["model"], r["sampler"], r["selection"]) for r in rows})
-  keys = sorted({(r["data"], r["env"]) for r in rows})
-  cell = {(r["data"], r["env"], r["model"], r["sampler"], r["selection"]): r for r in rows}
+  keys = sorted({(r["data"], r["env"], r.get("seed", 0)) for r in rows})
+  seeds = len({k[2] for k in keys}) > 1  # one row per training seed then
+  cell = {(r["data"], r["env"], r.get("seed", 0), r["model"], r["sampler"], r["selection"]): r
+          for r in rows}
   lines = ["| dataset | environment | " + " | ".join(f"{m} ({s}, {sel})" for m, s, sel in cols)
            + " |", "|---|---|" + "---|" * len(cols)]
-  for data, env in keys:
+  for data, env, seed in keys:
     cells = []
     for m, s, sel in cols:
-      r = cell.get((data, env, m, s, sel))
+      r = cell.get((data, env, seed, m, s, sel))
       cells.append("-" if r is None else
                    f"{_ms(r['before'])} -> {_after(r['before'], r['after'])}"
                    f"{_success(r['before'], r['after'])}")
-    lines.append(f"| {data} | {env} | " + " | ".join(cells) + " |")
+    label = f"{data} (seed {seed})" if seeds else data
+    lines.append(f"| {label} | {env} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -170,6 +183,55 @@ def detail_table(rows) -> str:
         f"{', '.join(r['reverted']) or '-'} | {r['time']:.0f} | "
         f"{'-' if r.get('online_steps') is None else r['online_steps']} |")
   return "\n".join(lines) + "\n"
+
+
+def seed_groups(rows) -> dict:
+  """Rows of the same cell (dataset, environment, model, sampler, selection) over training
+  seeds: ``{cell: [row, ...]}`` sorted by seed."""
+  groups = {}
+  for r in rows:
+    groups.setdefault((r["data"], r["env"], r["model"], r["sampler"], r["selection"]),
+                      []).append(r)
+  return {k: sorted(v, key=lambda r: r.get("seed", 0)) for k, v in sorted(groups.items())}
+
+
+def seed_stats(group) -> dict:
+  """Across training seeds: mean and std (ddof 1) of each seed's episode-mean return before
+  and after, of the change, and the mean success rate where the env reports one."""
+  b = np.array([r["before"]["return_mean"] for r in group])
+  a = np.array([r["after"]["return_mean"] for r in group])
+  sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+  out = {"seeds": [r.get("seed", 0) for r in group], "before_mean": float(b.mean()),
+         "before_std": sd(b), "after_mean": float(a.mean()), "after_std": sd(a),
+         "change_mean": float((a - b).mean()), "change_std": sd(a - b),
+         "improved": int(np.sum(a > b))}
+  if all("success_rate" in r["before"] for r in group):
+    out["success_before"] = float(np.mean([r["before"]["success_rate"] for r in group]))
+    out["success_after"] = float(np.mean([r["after"]["success_rate"] for r in group]))
+  return out
+
+
+def seed_table(rows) -> str:
+  """One row per cell that ran with more than one training seed: before and after as mean ±
+  std across seeds (each seed's value is its mean over episode seeds), the change, the mean
+  success rate, and each seed's before -> after."""
+  lines = ["| dataset | environment | model | sampler | selection | seeds | before | after | "
+           "change | improved | success before -> after | per seed |", "|---" * 12 + "|"]
+  for (data, env, model, sampler, sel), group in seed_groups(rows).items():
+    if len(group) < 2:
+      continue
+    st = seed_stats(group)
+    succ = (f"{st['success_before']:.2f} -> {st['success_after']:.2f}"
+            if "success_before" in st else "-")
+    per = "; ".join(f"{r.get('seed', 0)}: {r['before']['return_mean']:.2f} -> "
+                    f"{r['after']['return_mean']:.2f}" for r in group)
+    lines.append(
+        f"| {data} | {env} | {model} | {sampler} | {sel} | {len(group)} | "
+        f"{st['before_mean']:.2f} ± {st['before_std']:.2f} | "
+        f"{st['after_mean']:.2f} ± {st['after_std']:.2f} | "
+        f"{st['change_mean']:+.2f} ± {st['change_std']:.2f} | {st['improved']}/{len(group)} | "
+        f"{succ} | {per} |")
+  return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def summary(rows) -> dict:
@@ -301,6 +363,14 @@ def results_table(results) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _seed_section(rows) -> str:
+  table = seed_table(rows)
+  if not table:
+    return ""
+  return ("## Across training seeds\n\nMean ± std across training seeds of each seed's mean "
+          "return over the episode seeds (std with ddof 1).\n\n" + table + "\n")
+
+
 def write_report(runs, out_dir, title="Alignment results") -> str:
   """Writes ``report.md`` and ``align_curves.png`` under ``out_dir``; returns the Markdown."""
   if not runs:
@@ -308,9 +378,14 @@ def write_report(runs, out_dir, title="Alignment results") -> str:
   os.makedirs(out_dir, exist_ok=True)
   rows = rows_of(runs)
   s = summary(rows)
+  multi = {k: seed_stats(g) for k, g in seed_groups(rows).items() if len(g) > 1}
+  if multi:
+    names = ("data", "env", "model", "sampler", "selection")
+    s["across_seeds"] = [dict(zip(names, k), **v) for k, v in multi.items()]
   text = (f"# {title}\n\nBefore -> after alignment, mean ± std of the episode return over "
           f"episode seeds (same seeds before and after).\n\n{paper_table(rows)}\n"
-          f"{detail_table(rows)}\n{summary_text(s)}\n![alignment curves](align_curves.png)\n\n"
+          f"{detail_table(rows)}\n{summary_text(s)}\n{_seed_section(rows)}"
+          "![alignment curves](align_curves.png)\n\n"
           "Workdirs: " + ", ".join(f"`{r['workdir']}`" for r in runs) + "\n")
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(text)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 from absl.testing import absltest
 
 from dmc_jax.eval import report
@@ -14,9 +15,12 @@ def _row(mean, std, **extra):
   return dict(return_mean=mean, return_std=std, return_ci95=1.96 * std / 4, **extra)
 
 
-def _workdir(root, name, dataset, model, before, after, online_at=None):
+def _workdir(root, name, dataset, model, before, after, online_at=None, seed=None):
   wd = os.path.join(root, name)
   os.makedirs(wd)
+  if seed is not None:
+    with open(os.path.join(wd, "config.json"), "w") as f:
+      json.dump({"seed": seed}, f)
   res = {"dataset": dataset, "model": model, "sampler": "ddim", "wall_clock_s": 12.0,
          "selection": "argmax", **before, "dataset_return": 0.5, "random_return": None,
          "align": {"first": {"before": before, "after": after}},
@@ -99,6 +103,37 @@ class ReportTest(absltest.TestCase):
                             capture_output=True, text=True, timeout=300)
       self.assertNotEqual(proc.returncode, 0)
       self.assertIn("--out", proc.stderr)
+
+  def test_training_seeds_are_aggregated(self):
+    root_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    befores, afters = [100.0, 80.0, 120.0], [130.0, 70.0, 150.0]
+    succ_b, succ_a = [0.25, 0.5, 0.75], [1.0, 0.25, 1.0]
+    with tempfile.TemporaryDirectory() as root:
+      for seed in range(3):
+        _workdir(root, f"dp_button-press_medium_ddim_seed{seed}",
+                 "dmc_jax/metaworld/button-press/medium-v0", "diffusion_policy",
+                 _row(befores[seed], 5.0, success_rate=succ_b[seed]),
+                 _row(afters[seed], 5.0, success_rate=succ_a[seed]), seed=seed)
+      # The grid names each seed's cell and reuses the finished ones.
+      proc = subprocess.run(
+          [sys.executable, "-m", "launch.grid", "--suite=metaworld", "--models=dp",
+           "--datasets=button-press:medium", "--seed=0,1,2", f"--workdir={root}"],
+          cwd=root_dir, capture_output=True, text=True, timeout=300)
+      self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+      text = open(os.path.join(root, "report.md")).read()
+      summary = json.load(open(os.path.join(root, "summary.json")))
+    (st,) = summary["across_seeds"]
+    self.assertEqual(st["seeds"], [0, 1, 2])
+    self.assertAlmostEqual(st["before_mean"], 100.0)
+    self.assertAlmostEqual(st["before_std"], float(np.std(befores, ddof=1)))
+    self.assertAlmostEqual(st["after_mean"], float(np.mean(afters)))
+    self.assertAlmostEqual(st["change_std"], float(np.std(np.subtract(afters, befores), ddof=1)))
+    self.assertEqual(st["improved"], 2)  # seed 1 fell
+    self.assertAlmostEqual(st["success_after"], 0.75)
+    self.assertIn("## Across training seeds", text)
+    self.assertIn("| 3 | 100.00 ± 20.00 | 116.67 ± 41.63 | +16.67 ± 23.09 | 2/3 | 0.50 -> 0.75 | "
+                  "0: 100.00 -> 130.00; 1: 80.00 -> 70.00; 2: 120.00 -> 150.00 |", text)
+    self.assertIn("| medium (seed 1) | button-press |", text)  # one paper-table row per seed
 
   def test_results_table_and_figures(self):
     import matplotlib
