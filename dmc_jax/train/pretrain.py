@@ -91,9 +91,7 @@ def make_critic_chunk(critic, k_train, batch_size: int, mesh=None):
       return critic.update(s, sharding.shard_batch(batch, mesh))
     return jax.lax.scan(body, state, start + jnp.arange(n))
 
-  def placed(state, start, n, data):
-    return run(sharding.replicate(state, mesh), start, n, sharding.replicate(data, mesh))
-  return placed if mesh is not None else run
+  return _on_mesh(run, mesh)
 
 
 def train_critic(config, critic, trans_n, key, writer, workdir, hooks=hooks_lib.NONE):
@@ -117,6 +115,15 @@ def train_critic(config, critic, trans_n, key, writer, workdir, hooks=hooks_lib.
   return _leave_mesh(state, mesh)
 
 
+def _on_mesh(run, mesh):
+  """``run(state, start, n, data)`` with state and data replicated over ``mesh`` before each
+  call (one placement: the chunk compiles once); ``run`` itself without a mesh."""
+  if mesh is None:
+    return run
+  return lambda state, start, n, data: run(sharding.replicate(state, mesh), start, n,
+                                           sharding.replicate(data, mesh))
+
+
 def _leave_mesh(tree, mesh):
   """The phase's result as a single-device program would have left it (on the first local
   device): alignment, evaluation and online fine-tuning place their own arguments."""
@@ -137,9 +144,7 @@ def make_dmc_chunk(dmc, step_fn, k_train, batch_size: int, mesh=None):
       return step_fn(s, k_loss, sharding.shard_batch(batch, mesh))
     return jax.lax.scan(body, state, start + jnp.arange(n))
 
-  def placed(state, start, n, seg):
-    return run(sharding.replicate(state, mesh), start, n, sharding.replicate(seg, mesh))
-  return placed if mesh is not None else run
+  return _on_mesh(run, mesh)
 
 
 def pretrain_dmc(config, dmc, data: Data, seg_data, *, critic_params, evaluate, keys, writer,
