@@ -19,9 +19,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA = "data"  # the mesh axis every batch is split over
 
 
+def _local_copy(x):
+  """A value replicated over devices of several processes: this process's copy of it."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError(f"an array split over several processes ({x.sharding}) has no local "
+                       "copy: gather it first (placement.gather)")
+    return x.addressable_data(0)
+  return x
+
+
 def on_first_device(tree):
-  """``tree`` committed to the first local device."""
-  return jax.device_put(tree, jax.local_devices()[0])
+  """``tree`` committed to the first local device (a value replicated over several
+  processes: this process's copy)."""
+  return jax.device_put(jax.tree.map(_local_copy, tree), jax.local_devices()[0])
 
 
 # ------------------------------------------------ pretraining: one mesh, GSPMD data parallel
@@ -61,9 +72,35 @@ def shard_batch(tree, mesh: Optional[Mesh], *, if_divisible: bool = False):
   return jax.tree.map(one, tree)
 
 
-def replicate(tree, mesh: Optional[Mesh]):
-  """``tree`` replicated over the mesh (one placement, so the chunk compiles once; a state
-  restored from a checkpoint comes back uncommitted). Identity without a mesh."""
+def gather(tree, mesh: Optional[Mesh]):
+  """Inside ``jit``: every leaf replicated over the mesh (the per-episode results of a split
+  evaluation: under several processes each one then holds them all). Identity without a
+  mesh."""
   if mesh is None:
     return tree
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  spec = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec), tree)
+
+
+def replicate(tree, mesh: Optional[Mesh]):
+  """``tree`` replicated over the mesh (one placement, so the chunk compiles once; a state
+  restored from a checkpoint comes back uncommitted). Identity without a mesh.
+
+  A mesh over several processes (``jax.distributed``): every process holds the same value,
+  and each builds its devices' copies from its own (no transfer between hosts)."""
+  if mesh is None:
+    return tree
+  spec = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, spec)
+  return jax.tree.map(lambda x: _global_copy(x, spec), tree)
+
+
+def _global_copy(x, spec):
+  if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(spec, x.ndim):
+    return x
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    impl = jax.random.key_impl(x)
+    return jax.random.wrap_key_data(_global_copy(jax.random.key_data(x), spec), impl=impl)
+  host = np.asarray(jax.device_get(_local_copy(x)))
+  return jax.make_array_from_callback(host.shape, spec, lambda index: host[index])

@@ -1,5 +1,6 @@
 """The flags and the entry point shared by the job launchers (``launch.train``,
-``launch.align``): ``--config``, ``--workdir`` and ``--compilation_cache``.
+``launch.align``): ``--config``, ``--workdir``, ``--compilation_cache`` and the multi-process settings
+(``--distributed``, ``--coordinator_address``, ``--num_processes``, ``--process_id``).
 
 ``--config`` takes a path from the current directory or, failing that, one of the installed
 experiment configs (``configs/nav1d.py:dd,partial`` works from any directory). Library INFO
@@ -13,7 +14,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 import configs
-from dmc_jax.train import compile_cache, faults, loop
+from dmc_jax.train import compile_cache, distributed, faults, loop
 from dmc_jax.train.schema import base_config
 
 CONFIGS_DIR = os.path.dirname(os.path.abspath(configs.__file__))
@@ -52,6 +53,17 @@ def define_job_flags() -> None:
   flags.DEFINE_string("compilation_cache", None,
                       f"JAX persistent compilation cache directory ('off' disables); default "
                       f"${compile_cache.ENV} or {compile_cache.DEFAULT}.")
+  # Several processes (hosts) on one job: dmc_jax.train.distributed.
+  flags.DEFINE_enum("distributed", "off", ["off", "auto"],
+                    "'auto': jax.distributed detects the cluster (Cloud TPU pod slice, SLURM, "
+                    "Open MPI); 'off': one process unless the three settings below are given.")
+  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (default "
+                      f"${distributed.ENV['coordinator_address']}).")
+  flags.DEFINE_integer("num_processes", None, "How many processes run the job (default "
+                       f"${distributed.ENV['num_processes']}).")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1 "
+                       f"(default ${distributed.ENV['process_id']}); process 0 writes the "
+                       "files.")
   main = sys.modules.get("__main__")
   if main is not None and main.__doc__ and "Config groups" not in main.__doc__:
     main.__doc__ += config_help()
@@ -92,6 +104,14 @@ def run_job(argv) -> dict:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_logs()
-  compile_cache.enable(flags.FLAGS.compilation_cache)
+  f = flags.FLAGS
+  try:
+    distributed.initialize(f.distributed, f.coordinator_address, f.num_processes,
+                           f.process_id)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if not distributed.is_primary():  # progress and results print on process 0 only
+    sys.stdout = open(os.devnull, "w")
+  compile_cache.enable(f.compilation_cache)
   return loop.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                                  faults.hooks_from_env())

@@ -85,7 +85,8 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
                                             out["info"]["plan_actions"],
                                             config.eval.coherency_tol, w)
       metrics.update(plan_coherency=share, plan_dynamics_error=err)
-    return metrics, out["returns"]
+    # Gathered: every device (every process) holds every episode's return.
+    return placement.gather((metrics, out["returns"]), mesh)
 
   def wrapped(params, critic_params, key, num_episodes):
     # One placement for every call (the aligned params come back replicated over the

@@ -7,6 +7,10 @@
   itself would silently cast dtypes).
 * A latest checkpoint that cannot be read (truncated or half-written files) is removed with a
   warning and the previous one is used; it never crashes the resume.
+* Several processes (:mod:`dmc_jax.train.distributed`): every process calls ``save`` and
+  ``restore`` with the same tree; orbax writes once (process 0 writes the arrays, which are
+  brought to the host first, since orbax refuses process-local ``jax.Array`` values) and every
+  process reads the whole tree back from the shared directory.
 """
 import logging
 import os
@@ -108,6 +112,10 @@ class Checkpointer:
     if not all_finite(tree):
       raise FloatingPointError(f"refusing to save a non-finite state at step {step} to "
                                f"{self.directory}")
+    if jax.process_count() > 1:
+      # Replicated values: process 0 writes its host copy (orbax's numpy handler writes on
+      # the primary host only); process-local arrays could not be saved at all.
+      tree = jax.device_get(tree)
     try:
       self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                     meta=ocp.args.JsonSave(meta or {})))
@@ -193,8 +201,18 @@ class Checkpointer:
                 str(err).splitlines()[0][:200] if str(err) else "")
     print(f"WARNING: checkpoint {self.directory}/{step} is unreadable "
           f"({type(err).__name__}); falling back to the previous one", flush=True)
-    shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+    # One process removes it, once every process has found it unreadable.
+    _barrier(f"dmc_jax_drop_{self.directory}_{step}")
+    if jax.process_index() == 0:
+      shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+    _barrier(f"dmc_jax_dropped_{self.directory}_{step}")
     self._mngr.reload()
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def _read_error(where, err) -> CheckpointReadError:

@@ -5,6 +5,7 @@ config. Used by pretraining (critic, DMC) and alignment; imports nothing above i
 import json
 import os
 
+import jax
 import numpy as np
 from flax import traverse_util
 
@@ -20,7 +21,10 @@ class OutputWriteError(OSError):
 
 def write_atomic(path, text):
   """``text`` to ``path`` through a temporary file and a rename: a failed or killed write
-  leaves the previous file (or none), never a partial one."""
+  leaves the previous file (or none), never a partial one. Only process 0 writes
+  (:mod:`dmc_jax.train.distributed`)."""
+  if jax.process_index() != 0:
+    return
   try:
     with open(path + ".tmp", "w") as f:
       f.write(text)

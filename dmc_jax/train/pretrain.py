@@ -17,6 +17,7 @@ from dmc_jax.data import gym_data, minari_io, nav1d_data
 from dmc_jax.envs import nav1d
 from dmc_jax.envs import registry
 from dmc_jax.train import checkpoint
+from dmc_jax.train import distributed
 from dmc_jax.train import hooks as hooks_lib
 from dmc_jax.train import phases
 from dmc_jax.train import sharding
@@ -34,18 +35,31 @@ class Data(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------- data
+def _ensure(make):
+  """``make()`` (generate a missing dataset) on process 0 first, then on the others: with a
+  shared ``MINARI_DATASETS_PATH`` they find it made; with one per host each makes the same
+  (deterministic) copy."""
+  if jax.process_index() == 0:
+    out = make()
+  distributed.barrier("dmc_jax_dataset")
+  if jax.process_index() != 0:
+    out = make()
+  return out
+
+
 def load_data(config):
   """Returns ``(episodes, env_info)``; Nav1D datasets are generated when missing."""
   if config.task == "nav1d":
-    did = nav1d_data.ensure_dataset(
+    did = _ensure(lambda: nav1d_data.ensure_dataset(
         config.data.dataset, task_seed=config.env.task_seed, horizon=config.env.horizon,
         step_size=config.env.step_size, num_episodes=config.data.num_episodes,
-        seed=config.data.collect_seed)
+        seed=config.data.collect_seed))
     eps, _ = minari_io.load_episodes(did, (nav1d.OBS_DIM,), (nav1d.ACT_DIM,))
     return eps, {"dataset_id": did}
   registry.register_all()  # the dataset's env spec names a library id
-  gym_data.ensure_dataset(config.data.dataset, num_episodes=config.data.num_episodes,
-                          seed=config.data.collect_seed)
+  _ensure(lambda: gym_data.ensure_dataset(config.data.dataset,
+                                          num_episodes=config.data.num_episodes,
+                                          seed=config.data.collect_seed))
   ds = minari_io.open_dataset(config.data.dataset)
   env = ds.recover_environment()
   eps, _ = minari_io.load_episodes(config.data.dataset, env.observation_space.shape,

@@ -7,6 +7,7 @@ writes the same bytes.
 import json
 import os
 
+import jax
 import numpy as np
 
 from dmc_jax.eval import report
@@ -65,7 +66,9 @@ def write_outputs(workdir, results, hooks=hooks_lib.NONE) -> None:
 
 
 def save_figure(fig, path, dpi) -> None:
-  """``fig`` to ``path`` atomically."""
+  """``fig`` to ``path`` atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=dpi)
   os.replace(tmp, path)

@@ -10,6 +10,8 @@ import fcntl
 import os
 import socket
 
+import jax
+
 LOCK_NAME = ".lock"
 
 
@@ -28,8 +30,12 @@ def _holder(path) -> str:
 @contextlib.contextmanager
 def hold(workdir: str):
   """Holds ``workdir`` for the block; raises :class:`WorkdirBusyError` at once (naming the
-  other process) if a live process holds it."""
+  other process) if a live process holds it. With several processes
+  (:mod:`dmc_jax.train.distributed`) process 0 holds it for the job."""
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    yield
+    return
   path = os.path.join(workdir, LOCK_NAME)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
