@@ -12,7 +12,7 @@ divided by a float32 1024x1024 matmul measured in the same process.
                                                           # Q-gradient step memory vs K and T
   python -m launch.benchmark --cases=e2e --repeats=1      # wall-clock of whole jobs (slow)
   XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m launch.benchmark --cases=mesh
-      # critic / DMC updates/s on a mesh of 1, 2, 4 devices (train.parallel=mesh)
+      # critic / DMC / alignment updates/s on 1, 2, 4 devices (mesh; align shard_map)
 
 The ``align`` case times one compiled alignment chunk (``align.updates_per_chunk`` updates
 as one ``lax.scan``, as the job runs them) of each aligner on the Nav1D models with the
@@ -408,8 +408,8 @@ def run_e2e(repeats):
 
 
 def run_mesh(repeats):
-  """Updates per second of one critic chunk (IQL, default sizes) and one DMC chunk (the
-  default Nav1D DP) on a mesh over the first 1, 2, 4, ... devices (``train.parallel =
+  """Updates per second of one critic chunk (IQL, default sizes), one DMC chunk (the
+  default Nav1D DP) and one alignment chunk (PPO on that DP, ``shard_map``) on a mesh over the first 1, 2, 4, ... devices (``train.parallel =
   mesh``: each batch split, parameters replicated). Simulated CPU devices share the host's
   cores, so there the figure shows the path's overhead, not a speed-up; run it on a GPU/TPU
   host (or with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) for the scaling."""
@@ -461,11 +461,47 @@ def run_mesh(repeats):
       sec = statistics.median(times)
       res[f"mesh/{name}/{k}dev"] = (max(compile_s - sec * n, 0.0), sec, 0.0,
                                     {"updates_per_s": 1.0 / sec})
-  for name in ("critic", "dmc"):  # throughput against one device
+    res[f"mesh/align/{k}dev"] = _mesh_align_case(repeats, k, FLAGS.align_chunk)
+  for name in ("critic", "dmc", "align"):  # throughput against one device
     one = res[f"mesh/{name}/1dev"][1]
     for k in counts:
       res[f"mesh/{name}/{k}dev"][3]["x_one_device"] = one / res[f"mesh/{name}/{k}dev"][1]
   return 0, res
+
+
+def _mesh_align_case(repeats, k, n):
+  """One alignment chunk (PPO on the default Nav1D DP, ``n`` updates) over the first ``k``
+  devices: ``align.parallel = shard_map`` (each device its share of ``align.batch_size``,
+  gradients averaged), ``none`` for one device."""
+  from configs import nav1d as nav1d_config
+  from dmc_jax.envs import nav1d
+  from dmc_jax.train import align as align_lib, builders, sharding
+  c = nav1d_config.get_config("dp,full")
+  c.diffusion.clip_x0 = 1.0
+  dmc = builders.make_dmc(c, nav1d.OBS_DIM, nav1d.ACT_DIM)
+  params = dmc.init(jax.random.key(0))
+  q_fn, v_fn, critic = _nav1d_critic(c)
+  deployed = builders.deployed_dmc(c, dmc)
+  reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn)
+  shape = (c.align.batch_size, dmc.history, nav1d.OBS_DIM)
+  batch_fn = lambda u, aux: {"hist": aux * jax.random.uniform(
+      jax.random.fold_in(jax.random.key(5), u), shape, minval=-1.0, maxval=1.0)}
+  aligner, _ = align_lib.build_aligner(c, "rl", deployed, reward, 0, None)
+  chunk, _ = sharding.parallelize_chunk(
+      lambda ax: align_lib.build_aligner(c, "rl", deployed, reward, 0, ax)[0].update,
+      "none" if k == 1 else "shard_map", batch_fn, n, devices=jax.devices()[:k])
+  state = aligner.init(jax.random.key(3), params)
+  args = [params, critic, jax.random.key(4), np.int32(0), np.float32(1.0)]
+  t0 = time.perf_counter()
+  state, _ = _block(chunk(state, *args))
+  compile_s = time.perf_counter() - t0
+  times = []
+  for r in range(repeats):
+    t0 = time.perf_counter()
+    state, _ = _block(chunk(state, *args[:3], np.int32((r + 1) * n), args[4]))
+    times.append((time.perf_counter() - t0) / n)
+  sec = statistics.median(times)
+  return (max(compile_s - sec * n, 0.0), sec, 0.0, {"updates_per_s": 1.0 / sec})
 
 
 RUNNERS = {"unet": run_unet, "dit": run_dit, "mlp": run_mlp, "decision": run_decision,
