@@ -48,6 +48,10 @@ class ConfigTest(parameterized.TestCase):
     # Nav1D planners align with the dynamics term (its known model); a DP has no plan, and
     # the validator refuses the term for it.
     self.assertEqual(cfg.align.dynamics_coef, 0.0 if model == "dp" else 250.0)
+    # DD is scored on its executed (inverse-dynamics) action, Diffuser on its plan (measured
+    # per planner, BUILD_NOTES); a one-action DP has no plan, so its reward is `first` anyway.
+    self.assertEqual(cfg.align.reward, {"diffuser": "plan_q", "dd": "first",
+                                        "dp": "plan_q"}[model])
     if model == "dp":
       cfg.align.dynamics_coef = 250.0
       with self.assertRaisesRegex(ValueError, "align.dynamics_coef=250.0 is invalid"):
@@ -57,6 +61,7 @@ class ConfigTest(parameterized.TestCase):
     for arg in ("diffuser", "dd"):
       cfg = _load("metaworld.py", arg)
       self.assertEqual(cfg.align.dynamics_coef, 0.0)
+      self.assertEqual(cfg.align.reward, "first" if arg == "dd" else "plan_q")
       loop.validate_config(cfg)
 
   def test_bad_values_name_the_key(self):

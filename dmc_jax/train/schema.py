@@ -110,7 +110,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.parallel = "shard_map"  # none | pmap | shard_map (over all local devices)
   c.align.eval_selections = ("first", "argmax")  # selections evaluated before -> after
   c.align.reward = "plan_q"  # first | plan_q | plan_return_v (planners; a DP that executes
-  # one action has no plan: every kind is Q of that action)
+  # one action has no plan: every kind is Q of that action; configs/nav1d.apply_model sets
+  # `first` for Decision Diffuser, measured better for it, BUILD_NOTES issue #14)
   c.align.dynamics_coef = 0.0  # planners on Nav1D: penalty x mean |T(s, a) - s'| of the plan
   # (get_config sets NAV1D_PLANNER_DYNAMICS_COEF for Nav1D planners; no model elsewhere)
   c.align.deploy_sampler = "rl"  # rl: align and evaluate with the RL stage's stochastic
