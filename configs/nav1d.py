@@ -20,6 +20,11 @@ def parse_arg(arg):
   return parts, smoke
 
 
+# Decision Diffuser's alignment reward (the others keep the schema's `plan_q`), measured per
+# planner on Nav1D `partial` and `full` (BUILD_NOTES, "The alignment reward per planner").
+DD_ALIGN_REWARD = "first"
+
+
 def apply_model(c, model: str):
   kind = MODEL_ALIASES.get(model)
   if kind is None:
@@ -34,15 +39,11 @@ def apply_model(c, model: str):
     c.train.batch_size = 128
   if kind == "decision_diffuser":
     # DD executes the inverse-dynamics action of its first planned transition and replans
-    # every step; scoring that action alone (`first`) beat the plan-level mean on both
-    # Nav1D cells measured, for every selection (BUILD_NOTES, "The alignment reward per
-    # planner"). Diffuser keeps `plan_q`: its action is a free coordinate of the plan, and
-    # `first` let RL buy first-action Q with plans that then lost `argmax` (full -2.4).
+    # every step; scoring that action alone beat the plan-level mean on both Nav1D cells, for
+    # every selection. Diffuser keeps `plan_q`: its action is a free coordinate of the plan,
+    # and `first` let RL buy first-action Q with plans that then lost `argmax` (full -2.4).
     c.align.reward = DD_ALIGN_REWARD
   return c
-
-
-DD_ALIGN_REWARD = "first"
 
 
 def apply_smoke(c):
