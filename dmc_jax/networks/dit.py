@@ -1,11 +1,13 @@
 """DiT-1D (Peebles & Xie, 2023) for action chunks: adaLN-Zero transformer blocks over tokens.
 
-Attention projections are plain ``nn.Dense`` layers (2-D kernels), so that LoRA reaches them.
+Attention projections are plain dense layers (``networks.dense.Dense``, 2-D kernels), so that
+LoRA reaches them.
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dmc_jax.networks.dense import Dense
 from dmc_jax.networks.embeddings import CondEmbedding, TimeEmbedding, sinusoidal_embedding
 
 
@@ -21,14 +23,14 @@ class DiTBlock(nn.Module):
   @nn.compact
   def __call__(self, x, c):
     b, n, d = x.shape
-    mod = nn.Dense(6 * d, kernel_init=nn.initializers.zeros)(nn.silu(c))
+    mod = Dense(6 * d, kernel_init=nn.initializers.zeros)(nn.silu(c))
     sh1, sc1, g1, sh2, sc2, g2 = jnp.split(mod, 6, -1)
     y = _modulate(nn.LayerNorm(use_scale=False, use_bias=False)(x), sh1, sc1)
-    qkv = nn.Dense(3 * d)(y).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+    qkv = Dense(3 * d)(y).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-    x = x + g1[:, None] * nn.Dense(d)(y.reshape(b, n, d))
+    x = x + g1[:, None] * Dense(d)(y.reshape(b, n, d))
     y = _modulate(nn.LayerNorm(use_scale=False, use_bias=False)(x), sh2, sc2)
-    y = nn.Dense(d)(nn.gelu(nn.Dense(int(self.mlp_ratio * d))(y), approximate=True))
+    y = Dense(d)(nn.gelu(Dense(int(self.mlp_ratio * d))(y), approximate=True))
     return x + g2[:, None] * y
 
 
@@ -49,7 +51,7 @@ class DiT1D(nn.Module):
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
     b, n, a = x.shape
-    h = nn.Dense(self.d_model)(x)
+    h = Dense(self.d_model)(x)
     pos = sinusoidal_embedding(jnp.arange(n, dtype=jnp.float32), self.d_model, scale=1.0)
     h = h + pos[None]
     c = TimeEmbedding(self.d_model, hidden_dim=self.d_model, act="silu")(t)
@@ -57,7 +59,7 @@ class DiT1D(nn.Module):
       c = c + CondEmbedding(self.d_model, act="silu")(cond, cond_mask)
     for _ in range(self.depth):
       h = DiTBlock(self.d_model, self.num_heads, self.mlp_ratio)(h, c)
-    sh, sc = jnp.split(nn.Dense(2 * self.d_model, kernel_init=nn.initializers.zeros)(nn.silu(c)),
+    sh, sc = jnp.split(Dense(2 * self.d_model, kernel_init=nn.initializers.zeros)(nn.silu(c)),
                        2, -1)
     h = _modulate(nn.LayerNorm(use_scale=False, use_bias=False)(h), sh, sc)
-    return nn.Dense(a, kernel_init=nn.initializers.zeros)(h)
+    return Dense(a, kernel_init=nn.initializers.zeros)(h)

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dmc_jax.networks.dense import Dense
 from dmc_jax.networks.embeddings import CondEmbedding, TimeEmbedding, mish
 
 
@@ -23,12 +24,16 @@ def check_horizon(horizon: int, dim_mults: Sequence[int]) -> None:
 
 
 class Conv1d(nn.Module):
-  """1-D convolution over ``[B, H, C]`` computed as im2col + one matmul.
+  """1-D convolution over ``[B, H, C]``: XLA's convolution where the sequence is at least as
+  long as the kernel, else im2col + one matmul.
 
   XLA:CPU's convolution falls off a cliff when the kernel is longer than the sequence with
-  wide channels (the U-Net bottleneck: H=4, C=256, k=5 runs ~20-35x slower than this
-  matmul; see BUILD_NOTES.md). Parameters have ``nn.Conv``'s shapes (``kernel [k, in, out]``).
-  ``padding`` is ``(k - 1) // 2`` on both sides ("SAME" for odd k, PyTorch's ``k // 2`` rule).
+  wide channels (the U-Net bottleneck: H=4, C=256, k=5 runs ~30-40x slower than the im2col
+  matmul), while on longer sequences it beats im2col, whose backward scatters the columns
+  back (forward + backward 1.2-1.9x faster at H >= k; BUILD_NOTES.md, issue #15). Both
+  paths compute the same convolution. Parameters have ``nn.Conv``'s shapes
+  (``kernel [k, in, out]``). ``padding`` is ``(k - 1) // 2`` before and ``k - 1 - that``
+  after ("SAME" for odd k, PyTorch's ``k // 2`` rule).
   """
   features: int
   kernel_size: int = 5
@@ -41,14 +46,27 @@ class Conv1d(nn.Module):
     k = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, c, self.features))
     pad = (k - 1) // 2
-    xp = jnp.pad(x, ((0, 0), (pad, k - 1 - pad), (0, 0)))
-    h_out = (h - 1) // self.stride + 1
-    cols = jnp.concatenate(
-        [xp[:, j:j + self.stride * (h_out - 1) + 1:self.stride] for j in range(k)], -1)
-    y = cols @ kernel.reshape(k * c, self.features)
+    if h >= k:
+      y = jax.lax.conv_general_dilated(x, kernel, (self.stride,), [(pad, k - 1 - pad)],
+                                       dimension_numbers=("NWC", "WIO", "NWC"))
+    else:
+      y = im2col_conv1d(x, kernel, self.stride)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
+
+
+def im2col_conv1d(x, kernel, stride: int = 1):
+  """The convolution of :class:`Conv1d` as im2col + one matmul (``kernel [k, in, out]``)."""
+  b, h, c = x.shape
+  k = kernel.shape[0]
+  pad = (k - 1) // 2
+  xp = jnp.pad(x, ((0, 0), (pad, k - 1 - pad), (0, 0)))
+  h_out = (h - 1) // stride + 1
+  cols = jnp.concatenate([xp[:, j:j + stride * (h_out - 1) + 1:stride] for j in range(k)], -1)
+  # A 2-D matmul: XLA:CPU's backward of a 3-D dot_general is slow (see networks/dense.py).
+  y = cols.reshape(b * h_out, k * c) @ kernel.reshape(k * c, -1)
+  return y.reshape(b, h_out, -1)
 
 
 class Upsample1d(nn.Module):
@@ -61,7 +79,9 @@ class Upsample1d(nn.Module):
     b, h, c = x.shape
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, c, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    y = jnp.einsum("bhc,kcd->bhkd", x, kernel)            # [B, H, 4, D]
+    # [B, H, 4, D] as one 2-D matmul (see networks/dense.py)
+    y = (x.reshape(b * h, c) @ jnp.transpose(kernel, (1, 0, 2)).reshape(c, 4 * self.features)
+         ).reshape(b, h, 4, self.features)
     zero = jnp.zeros_like(y[:, :1, 0])
     even = y[:, :, 1] + jnp.concatenate([zero, y[:, :-1, 3]], 1)   # out[2m]
     odd = y[:, :, 2] + jnp.concatenate([y[:, 1:, 0], zero], 1)     # out[2m + 1]
@@ -87,9 +107,9 @@ class ResidualTemporalBlock(nn.Module):
   @nn.compact
   def __call__(self, x, emb):
     h = Conv1dBlock(self.features, self.kernel_size)(x)
-    h = h + nn.Dense(self.features)(mish(emb))[:, None, :]
+    h = h + Dense(self.features)(mish(emb))[:, None, :]
     h = Conv1dBlock(self.features, self.kernel_size)(h)
-    res = x if x.shape[-1] == self.features else nn.Dense(self.features)(x)
+    res = x if x.shape[-1] == self.features else Dense(self.features)(x)
     return h + res
 
 
@@ -101,9 +121,9 @@ class SelfAttention1d(nn.Module):
   def __call__(self, x):
     b, h, d = x.shape
     y = nn.GroupNorm(num_groups=min(8, d))(x)
-    qkv = nn.Dense(3 * d, use_bias=False)(y).reshape(b, h, 3, self.heads, d // self.heads)
+    qkv = Dense(3 * d, use_bias=False)(y).reshape(b, h, 3, self.heads, d // self.heads)
     out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-    return x + nn.Dense(d)(out.reshape(b, h, d))
+    return x + Dense(d)(out.reshape(b, h, d))
 
 
 class TemporalUnet(nn.Module):
@@ -142,4 +162,4 @@ class TemporalUnet(nn.Module):
       h = ResidualTemporalBlock(d, self.kernel_size)(h, emb)
       h = Upsample1d(d)(h)
     h = Conv1dBlock(self.dim, self.kernel_size)(h)
-    return nn.Dense(out_dim)(h)
+    return Dense(out_dim)(h)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from dmc_jax.finite import all_finite, keep_if_finite
+from dmc_jax.finite import all_finite, update_if_finite
 
 
 class TrainState(train_state.TrainState):
@@ -29,16 +29,23 @@ def create_train_state(params, tx: optax.GradientTransformation) -> TrainState:
 def make_train_step(loss_fn: Callable, ema_decay: float = 0.995) -> Callable:
   """One optimiser step on ``loss_fn`` and an EMA update ``ema <- d ema + (1 - d) params``.
 
-  A step whose loss, gradients or new parameters are not finite is skipped inside the
-  compiled function: the state comes back unchanged and ``metrics["nonfinite"]`` is 1.
+  A step whose loss or gradients are not finite is skipped inside the compiled function:
+  the state comes back unchanged and ``metrics["nonfinite"]`` is 1. The check is made
+  before the update, and the update runs inside the ``cond`` (``update_if_finite``), so a
+  donated state is updated in place. Finite gradients give finite parameters under the
+  optimisers built here (Adam(W) with clipping: the step is bounded by the learning rate);
+  a non-finite state is still refused by the checkpointer and detected at evaluation.
   """
   def step(state: TrainState, key, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
-    new = state.apply_gradients(grads=grads)
-    ema = optax.incremental_update(new.params, state.ema_params, 1.0 - ema_decay)
-    new = new.replace(ema_params=ema)
-    ok = jnp.isfinite(loss) & all_finite(grads, new.params)
+    ok = jnp.isfinite(loss) & all_finite(grads)
+
+    def update(s):
+      new = s.apply_gradients(grads=grads)
+      return new.replace(
+          ema_params=optax.incremental_update(new.params, s.ema_params, 1.0 - ema_decay))
+
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    nonfinite=1.0 - ok.astype(jnp.float32))
-    return keep_if_finite(ok, new, state), metrics
+    return update_if_finite(ok, update, state), metrics
   return step
