@@ -32,9 +32,9 @@ def make_train_step(loss_fn: Callable, ema_decay: float = 0.995) -> Callable:
   A step whose loss or gradients are not finite is skipped inside the compiled function:
   the state comes back unchanged and ``metrics["nonfinite"]`` is 1. The check is made
   before the update, and the update runs inside the ``cond`` (``update_if_finite``), so a
-  donated state is updated in place. Finite gradients give finite parameters under the
-  optimisers built here (Adam(W) with clipping: the step is bounded by the learning rate);
-  a non-finite state is still refused by the checkpointer and detected at evaluation.
+  donated state is updated in place. Finite gradients give finite parameters under Adam,
+  the optimiser pretraining builds (each step is bounded by about the learning rate); a
+  non-finite state is still refused by the checkpointer.
   """
   def step(state: TrainState, key, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
