@@ -86,6 +86,15 @@ def ppo_loss(log_probs, old_log_probs, advantages, credit, clip_eps: float = 0.2
                 "clip_frac": jnp.mean(jnp.abs(ratio - 1.0) > clip_eps)}
 
 
+def approx_kl(log_probs, old_log_probs, active):
+  """``mean((r - 1) - log r)`` over the ``active`` entries (Schulman's unbiased, non-negative
+  estimator of ``KL(pi_old || pi)`` per denoising step); no gradient."""
+  log_r = jax.lax.stop_gradient(log_probs - old_log_probs)
+  k3 = jnp.expm1(log_r) - log_r
+  act = jnp.asarray(active, k3.dtype)
+  return jnp.sum(k3 * act) / jnp.maximum(jnp.sum(act), 1.0)
+
+
 def gaussian_kl(mean_p, mean_q, std, free=None):
   """Per-step ``KL(N(mean_p, std^2 I) || N(mean_q, std^2 I))`` between the aligned and the
   reference transitions (same std): ``mean_* [S, B, ...]``, ``std [S]`` or ``[S, B]`` ->
@@ -115,7 +124,8 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
                                  credit: str = "uniform", credit_decay: float = 0.9,
                                  adv_clip: float = 5.0, entropy_coef: float = 0.0,
                                  last_k: int = 0, min_std: float = 0.0,
-                                 objective: str = "mean", axis_name=None) -> base.Aligner:
+                                 objective: str = "mean", target_kl: float = 0.0,
+                                 axis_name=None) -> base.Aligner:
   """REINFORCE / PPO-clip over the denoising MDP (Black et al., 2024; Fan et al., 2023).
 
   Each update samples ``G = num_samples`` chains per context with the stochastic sampler
@@ -135,6 +145,12 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
   when re-evaluating log-probs, so the sampler trained is the sampler that samples), and
   ``last_k > 0``: only the last ``K`` stochastic steps are trained (``sg(log pi, K)`` of the
   paper's eq. 8; the earlier steps get no credit, no KL and no gradient).
+  ``target_kl > 0`` (PPO): early stopping on the approximate KL from the sampling policy
+  (the standard PPO ``target_kl``, as in Stable-Baselines3 and Spinning Up): before each
+  clipped step the per-denoising-step estimate ``mean((r - 1) - log r)`` over the
+  minibatch's credited steps is computed at the current adapters; once it exceeds
+  ``target_kl``, that step and the update's remaining steps are skipped. Adam normalises the
+  gradient, so the ratio clip alone bounds which samples push, not how far one step moves.
   ``objective``: ``mean`` maximises ``E[r]`` of one sample (context-centred advantages);
   ``best_of_n`` maximises ``E[max of the G samples]``, what ``argmax`` selection over
   candidates deploys (:func:`base.best_of_n_advantages`); ``mixed`` averages the two.
@@ -155,6 +171,8 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
     raise ValueError(f"objective {objective!r} needs num_samples >= 2")
   if last_k < 0:
     raise ValueError(f"last_k must be >= 0 (0: every stochastic step), got {last_k}")
+  if target_kl < 0:
+    raise ValueError(f"target_kl must be >= 0 (0: no early stopping), got {target_kl}")
   sampler = sampling.gen.sample.replace(return_chain=True, num_grad_steps=None,
                                         min_std=max(min_std, sampling.gen.sample.min_std))
   knobs = dict(sampling.gen.stochastic)
@@ -231,6 +249,7 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
       w = kappa[rows[:, None], ks]
       if method == "ppo":
         loss, m = ppo_loss(lp.T, old.T, adv[rows], w.T, clip_eps)
+        m = dict(m, approx_kl=approx_kl(lp, old, act_bs[rows[:, None], ks]))
       else:
         loss = reinforce_loss(lp.T, adv[rows], w.T)
         m = {}
@@ -246,17 +265,25 @@ def make_policy_gradient_aligner(sampling, reward_fn: Callable, tx, *, method: s
         m = dict(m, kl=kl)
       return loss, m
 
-    def body(st, u):
+    def body(carry, u):
+      st, stopped = carry
       e, rest = u // (minibatches * step_groups), u % (minibatches * step_groups)
       mi, gi = rest // step_groups, rest % step_groups
       rows = jax.lax.dynamic_slice_in_dim(row_perm[e], mi * mb, mb)
       ks = jax.lax.dynamic_slice_in_dim(step_perm[e][rows], gi * sg, sg, axis=1)
       (loss, m), grads = base.value_and_grad(lambda p: loss_fn(p, rows, ks), st.params,
                                              axis_name)
-      st, m = base.apply_gradients(st, tx, loss, grads, m)
-      return st, m
+      if not (target_kl and method == "ppo"):
+        st, m = base.apply_gradients(st, tx, loss, grads, m)
+        return (st, stopped), m
+      # the estimate is a global mean (value_and_grad pmeans the metrics), so every
+      # device stops at the same step
+      stopped = stopped | (m["approx_kl"] > target_kl)
+      new_st, m = base.apply_gradients(st, tx, loss, grads, m)
+      st = jax.lax.cond(stopped, lambda: st, lambda: new_st)
+      return (st, stopped), dict(m, kl_stopped=stopped.astype(jnp.float32))
 
-    new, ms = jax.lax.scan(body, state, jnp.arange(n_updates))
+    (new, _), ms = jax.lax.scan(body, (state, jnp.asarray(False)), jnp.arange(n_updates))
     metrics = {k: jnp.mean(v) for k, v in ms.items()}
     metrics["nonfinite"] = jnp.max(ms["nonfinite"])
     metrics["reward"], metrics["reward_std"] = base.global_mean_std(reward, axis_name)

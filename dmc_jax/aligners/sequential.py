@@ -22,6 +22,10 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
   ``lr_decay`` (kept for the rest of the run);
 * ``finish``: the last stage of the last pass is done.
 
+Every visit starts with ``best`` = the tracked reward of the adapters it starts from
+(:func:`start_visit`), so a visit whose first chunk lowers the reward is rolled back too,
+to where the visit began.
+
 After each visit the shell also measures the environment return (and success, where the env
 reports it) on the curve's fixed episode seeds, and :func:`env_guard` says whether to *revert*
 the whole visit (restore the adapters it started from): the critic can be exploited, so its
@@ -93,6 +97,19 @@ def init_state(reward_scale: float) -> SchedulerState:
   return SchedulerState(scale=scale)
 
 
+def start_visit(state: SchedulerState, reward: float, values=None) -> SchedulerState:
+  """The visit's first ``best``: the tracked reward of the adapters the visit starts from
+  (``values``: per context). Without it the first chunk's reward became the best whatever
+  it was, so a first chunk that already lowered the reward was never seen as a drop (the
+  Nav1D Diffuser RL visit fell 2.43 -> 0.02 in its first chunk, and every later rollback
+  went back to that damaged state)."""
+  if not math.isfinite(reward):
+    raise ValueError(f"the tracked reward at the start of a visit is not finite ({reward})")
+  best_values = () if values is None else tuple(float(v) for v in np.asarray(values))
+  return dataclasses.replace(state, best=float(reward), best_values=best_values,
+                             since_best=0)
+
+
 def stage(cfg: SchedulerConfig, state: SchedulerState) -> str:
   return cfg.stages[state.stage_idx]
 
@@ -151,7 +168,7 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
   decision dict holds ``action``, ``reason``, ``stage``, ``pass`` and the numbers used.
   ``values``: the tracked reward per held-out context (its mean is ``reward``)."""
   where = {"stage": stage(cfg, s), "pass": s.pass_idx, "chunk": s.chunk + 1,
-           "reward": reward, "loss": loss, "nonfinite": nonfinite}
+           "reward": reward, "best_before": s.best, "loss": loss, "nonfinite": nonfinite}
   reason = collapse_reason(cfg, s, reward, loss, nonfinite, values)
   if reason is not None:
     if s.rollbacks < cfg.max_rollbacks:

@@ -64,7 +64,7 @@ def build_aligner(config, name: str, dmc, reward_fn, pass_idx: int, axis_name):
         epochs=r.epochs, minibatches=r.minibatches, step_groups=r.step_groups,
         clip_eps=r.clip_eps, kl_coef=r.kl_coef, credit=r.credit, credit_decay=r.credit_decay,
         adv_clip=r.adv_clip, entropy_coef=r.entropy_coef, last_k=r.last_k,
-        min_std=r.min_std, objective=r.objective, **common), tx)
+        min_std=r.min_std, objective=r.objective, target_kl=r.target_kl, **common), tx)
   if name == "dpo":
     tx = base_lib.make_optimizer(a.dpo.lr)
     return (dpo.make_dpo_aligner(
@@ -299,6 +299,10 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       if sched.chunk == 0 and sched.rollbacks == 0:  # a new stage visit: fresh optimiser
         st = base_lib.init_state(st.params, tx)
         tree = dict(tree, visit_start=st.params)
+        if sched.best is None:  # the visit's first best: where it starts (paired values)
+          v0 = np.asarray(tracker(st.params, (tree["critic"].q.params,
+                                              tree["critic"].v.params)), np.float64)
+          sched = sequential.start_visit(sched, float(v0.mean()), v0)
       if visit_key != (name, sched.pass_idx):
         # Updates of this visit; its end is decided on a plateau, so the ETA is an upper
         # bound (``align.max_chunks``). The first chunk compiles and is not timed.

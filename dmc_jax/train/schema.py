@@ -134,6 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (what argmax selection deploys) | mixed: the average of both advantages
   c.align.rl.last_k = 0  # REINFORCE/PPO: train only the last K stochastic steps (0 = all)
   c.align.rl.min_std = 0.0  # floor on every stochastic step's std (sampling and log-probs)
+  c.align.rl.target_kl = 0.0  # PPO early stop: approx KL per denoising step (0 = off)
   c.align.rl.entropy_coef = 0.0  # nearest-neighbour entropy bonus of the candidates
   c.align.rl.num_grad_steps = (2,)  # qgrad: K per pass (the last one repeats)
   c.align.rl.reg_coef = 1.0  # qgrad: weight of ||x_0 - x_0_ref||^2 (same noise)

@@ -283,6 +283,8 @@ def validate_align(config, num_sampling_steps: int) -> None:
     bad("rl.num_samples", a.rl.num_samples, f"at least 2 for rl.objective={a.rl.objective!r}")
   if a.rl.min_std < 0:
     bad("rl.min_std", a.rl.min_std, "a non-negative number")
+  if a.rl.target_kl < 0:
+    bad("rl.target_kl", a.rl.target_kl, "a non-negative number (0: no early stopping)")
   if uses_policy_gradient(config) and config.diffusion.sampler in ("ddim", "flow") and (
       not a.rl.stochastic_scale > 0):
     bad("rl.stochastic_scale", a.rl.stochastic_scale, f"> 0 for {a.rl.method} with "

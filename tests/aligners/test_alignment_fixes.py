@@ -282,6 +282,64 @@ class CreditAndTruncationTest(absltest.TestCase):
     self.assertGreater(max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(grads)), 1e-6)
 
 
+class TargetKLTest(absltest.TestCase):
+  """PPO's early stop on the approximate KL from the sampling policy (``rl.target_kl``)."""
+
+  def test_approx_kl_closed_form(self):
+    lp = jnp.array([[0.1, -0.2, 0.3], [0.0, 0.5, -0.4]])
+    old = jnp.array([[0.0, 0.0, 0.1], [0.2, 0.5, 0.0]])
+    act = jnp.array([[1, 1, 0], [1, 1, 1]], bool)
+    d = np.asarray(lp - old, np.float64)
+    want = np.sum(((np.exp(d) - 1) - d) * np.asarray(act)) / 5
+    np.testing.assert_allclose(rl.approx_kl(lp, old, act), want, rtol=1e-5)
+    self.assertEqual(float(rl.approx_kl(old, old, act)), 0.0)
+    self.assertGreater(float(rl.approx_kl(lp, old, act)), 0.0)
+
+  def _update(self, tx, target_kl):
+    _, dmc, params, hist = setup()
+    reward = lambda p, cp, x_0, h: x_0[:, 0, 0]
+    al = rl.make_policy_gradient_aligner(dmc.sampling, reward, tx, method="ppo",
+                                         num_samples=2, epochs=2, step_groups=2,
+                                         clip_eps=0.2, target_kl=target_kl)
+    st = al.init(jax.random.key(4), params)
+    new, m = jax.jit(al.update)(st, params, None, {"hist": hist}, jax.random.key(5))
+    return st, new, m
+
+  def test_a_tiny_target_keeps_only_the_first_step(self):
+    """Second implementation: with a target nothing can stay under, the update is the first
+    clipped step alone, i.e. PPO without early stopping whose learning rate is 0 after its
+    first step."""
+    sgd = optax.sgd(1.0)
+    once = optax.sgd(optax.piecewise_constant_schedule(1.0, {1: 0.0}))
+    st, stopped, m = self._update(sgd, 1e-12)
+    _, reference, _ = self._update(once, 0.0)
+    _, full, m_full = self._update(sgd, 0.0)
+    for a, b in zip(jax.tree.leaves(stopped.params), jax.tree.leaves(reference.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(stopped.params), jax.tree.leaves(st.params)))
+    self.assertGreater(moved, 1e-6)                           # the first step was taken
+    differ = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                 zip(jax.tree.leaves(full.params), jax.tree.leaves(stopped.params)))
+    self.assertGreater(differ, 1e-6)                          # and the others were not
+    np.testing.assert_allclose(m["kl_stopped"], 0.75)          # 3 of the 4 steps skipped
+    self.assertGreater(float(m_full["approx_kl"]), 0.0)
+
+  def test_a_loose_target_changes_nothing(self):
+    sgd = optax.sgd(1.0)
+    _, loose, m = self._update(sgd, 1e9)
+    _, off, _ = self._update(sgd, 0.0)
+    for a, b in zip(jax.tree.leaves(loose.params), jax.tree.leaves(off.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    self.assertEqual(float(m["kl_stopped"]), 0.0)
+
+  def test_validation(self):
+    c = nav1d_config.get_config("dp,full,smoke")
+    c.align.rl.target_kl = -1.0
+    with self.assertRaisesRegex(ValueError, "rl.target_kl"):
+      validation.validate_config(c)
+
+
 class PairedCollapseTest(absltest.TestCase):
   """Defect 7: a real drop is caught on the pairs even when Q's spread over states is large."""
 
@@ -312,6 +370,25 @@ class PairedCollapseTest(absltest.TestCase):
     after = self.values0 - 0.1 + self.noise
     _, d = sequential.decide(self.cfg, self.state, reward=after.mean(), loss=1.0, values=after)
     self.assertNotEqual(d["action"], "rollback")
+
+  def test_a_first_chunk_below_the_visits_start_rolls_back(self):
+    """The visit's best starts at the reward it starts from: a first chunk that lowers it
+    is a drop (before, the first chunk became the best whatever its value)."""
+    fresh = sequential.init_state(float(np.std(self.values0)))
+    after = self.values0 - 1.0 + self.noise
+    _, d = sequential.decide(self.cfg, fresh, reward=after.mean(), loss=1.0, values=after)
+    self.assertEqual(d["action"], "continue")               # no start: nothing to compare
+    started = sequential.start_visit(fresh, self.values0.mean(), self.values0)
+    new, d = sequential.decide(self.cfg, started, reward=after.mean(), loss=1.0, values=after)
+    self.assertEqual(d["action"], "rollback")
+    self.assertAlmostEqual(d["best_before"], self.values0.mean())
+    self.assertEqual(new.best, started.best)               # still the start's reward
+    up = self.values0 + 1.0 + self.noise
+    new, d = sequential.decide(self.cfg, started, reward=up.mean(), loss=1.0, values=up)
+    self.assertEqual((d["action"], d["reason"]), ("continue", "improving"))
+    self.assertAlmostEqual(new.best, up.mean())
+    with self.assertRaisesRegex(ValueError, "not finite"):
+      sequential.start_visit(fresh, float("nan"))
 
   def test_best_values_survive_json(self):
     s = sequential.SchedulerState.from_json(self.state.to_json())
