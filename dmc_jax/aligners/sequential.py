@@ -24,7 +24,12 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
 
 Every visit starts with ``best`` = the tracked reward of the adapters it starts from
 (:func:`start_visit`), so a visit whose first chunk lowers the reward is rolled back too,
-to where the visit began.
+to where the visit began. When the critic itself changes between chunks (online
+fine-tuning), the shell re-scores the best adapters under the new critic
+(:func:`rescore_best`) before the next decision.
+
+A visit ends on its best adapters by the tracked reward (the shell keeps them; the
+visit's start when no chunk beat it), not on its last chunk.
 
 After each visit the shell also measures the environment return (and success, where the env
 reports it) on the curve's fixed episode seeds, and :func:`env_guard` says whether to *revert*
@@ -110,6 +115,19 @@ def start_visit(state: SchedulerState, reward: float, values=None) -> SchedulerS
                              since_best=0)
 
 
+def rescore_best(state: SchedulerState, values) -> SchedulerState:
+  """The visit's best re-scored under a critic that changed (online fine-tuning): ``values``
+  are the best adapters' tracked rewards per context under the *new* critic, so that the next
+  drop test compares two policies under one critic, not one policy under two critics."""
+  if state.best is None:
+    return state
+  v = np.asarray(values, np.float64)
+  if not np.all(np.isfinite(v)):
+    raise ValueError("the re-scored best is not finite")
+  return dataclasses.replace(state, best=float(v.mean()),
+                             best_values=tuple(float(x) for x in v))
+
+
 def stage(cfg: SchedulerConfig, state: SchedulerState) -> str:
   return cfg.stages[state.stage_idx]
 
@@ -180,7 +198,7 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
     action = "finish" if new.done else "advance"
     return new, dict(where, action=action, rollback=True,
                      reason=f"{reason}; {cfg.max_rollbacks} rollbacks already, moving on "
-                            "from the last good checkpoint")
+                            "from the visit's best adapters")
   improved = s.best is None or reward > s.best + cfg.tol * s.scale
   new_best = s.best is None or reward > s.best
   best = reward if new_best else s.best
@@ -190,6 +208,7 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
   s = dataclasses.replace(s, chunk=s.chunk + 1, best=best, best_values=best_values,
                           since_best=0 if improved else s.since_best + 1,
                           losses=s.losses + (abs(loss),))
+  where["new_best"] = bool(new_best)
   if s.chunk >= cfg.max_chunks:
     reason = f"max_chunks={cfg.max_chunks} reached"
   elif s.chunk >= cfg.min_chunks and s.since_best >= cfg.patience:

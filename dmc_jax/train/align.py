@@ -8,6 +8,7 @@ optimiser state (with its learning rate), the step, the critic (changed by onlin
 fine-tuning), the online buffer, and in the metadata the scheduler's position and history.
 A killed run resumes from there and redraws the same keys (``fold_in(key, update)``).
 """
+import dataclasses
 import json
 import math
 import os
@@ -256,7 +257,10 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   aligner0, _, _ = get_update(sched_cfg.stages[0], 0)
   state = aligner0.init(k_init, base_params)
   # ``visit_start``: the adapters a stage visit started from (restored by the env guard).
-  tree = {"state": state, "critic": critic_state, "buffer": buf, "visit_start": state.params}
+  # ``best``: the visit's best adapters by the tracked reward (kept when the visit ends, and
+  # re-scored when online fine-tuning changes the critic).
+  tree = {"state": state, "critic": critic_state, "buffer": buf, "visit_start": state.params,
+          "best": state.params}
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "align"),
                                  max_to_keep=config.train.keep_checkpoints)
   decisions = logging_lib.MetricWriter(workdir, "decisions.jsonl")
@@ -303,6 +307,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
           v0 = np.asarray(tracker(st.params, (tree["critic"].q.params,
                                               tree["critic"].v.params)), np.float64)
           sched = sequential.start_visit(sched, float(v0.mean()), v0)
+          tree = dict(tree, best=st.params)
       if visit_key != (name, sched.pass_idx):
         # Updates of this visit; its end is decided on a plateau, so the ETA is an upper
         # bound (``align.max_chunks``). The first chunk compiles and is not timed.
@@ -322,6 +327,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
       summary["nonfinite"] = float(bad.mean())
       step = done_updates + a.updates_per_chunk
       new_tree = dict(tree, state=st)
+      sched_in = sched
       if online is not None and not math.isnan(summary.get("loss", 0.0)):
         params = merged_params(dmc, base_params, st.params, scale)
         buf_new, om = online.collect(params, critic_params, jax.random.fold_in(k_online, step),
@@ -333,6 +339,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
         summary.update(online_return=float(om["online_return"]),
                        online_env_steps=float(om["online_env_steps"]),
                        online_q_loss=float(np.mean(cm["q_loss"])))
+        # The critic moved: compare this chunk with the best adapters under the same
+        # (new) critic, not with their value under the old one.
+        # (``sched_in`` keeps the old scores: a rollback also drops the new critic.)
+        sched = sequential.rescore_best(sched, np.asarray(tracker(
+            tree["best"], (critic_new.q.params, critic_new.v.params)), np.float64))
       values = np.asarray(tracker(st.params, (new_tree["critic"].q.params,
                                               new_tree["critic"].v.params)), np.float64)
       reward, reward_std = float(values.mean()), float(values.std())
@@ -349,8 +360,17 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
             f"{reward:.4f} loss {summary.get('loss', float('nan')):.4f} -> "
             f"{decision['action']} ({decision['reason']})", flush=True)
       rolled_back = decision["action"] == "rollback" or decision.get("rollback", False)
+      if decision.get("new_best"):
+        new_tree["best"] = st.params
+      if online is not None and rolled_back and sched_new.best is not None:
+        sched_new = dataclasses.replace(sched_new, best=sched_in.best,
+                                        best_values=sched_in.best_values)
       if not rolled_back:
         tree = new_tree
+      if decision["action"] in ("advance", "finish"):
+        # The visit ends on its best adapters (by the tracked reward on the held-out
+        # contexts), not on its last chunk: a plateau's last chunks may sit below it.
+        tree = dict(tree, state=tree["state"].replace(params=tree["best"]))
       # else: ``tree`` is still the last good state, the one the latest checkpoint holds; the
       # rolled-back updates are not replayed (the next chunk draws new keys).
       done_updates = step
@@ -370,7 +390,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
           # The state the next visit starts from (with an online critic, not the old one).
           em, guard_ref = curve_eval(tree["state"].params, tree["critic"])
           label += " reverted"
-        curve_pts.append((step, em["return_mean"], em["return_std"], reward, reward_std,
+        kept = reward if decision.get("new_best") else decision.get("best_before", reward)
+        curve_pts.append((step, em["return_mean"], em["return_std"], kept, reward_std,
                           label))
         writer.write_scalars(step, {"align/curve_return_mean": em["return_mean"],
                                     "align/curve_return_std": em["return_std"]})

@@ -390,6 +390,34 @@ class PairedCollapseTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "not finite"):
       sequential.start_visit(fresh, float("nan"))
 
+  def test_a_changed_critic_rescores_the_best(self):
+    """Online fine-tuning changes the critic: the drop test must compare two policies under
+    the new critic. A critic that now values every context 1.0 lower is not a drop of the
+    policy once the best is re-scored; unrescored, it reads as a collapse."""
+    started = sequential.start_visit(self.state, self.values0.mean(), self.values0)
+    same_policy_new_critic = self.values0 - 1.0
+    after = same_policy_new_critic + self.noise
+    _, d = sequential.decide(self.cfg, started, reward=after.mean(), loss=1.0, values=after)
+    self.assertEqual(d["action"], "rollback")                   # old scores: a false drop
+    rescored = sequential.rescore_best(started, same_policy_new_critic)
+    self.assertAlmostEqual(rescored.best, same_policy_new_critic.mean())
+    _, d = sequential.decide(self.cfg, rescored, reward=after.mean(), loss=1.0, values=after)
+    self.assertNotEqual(d["action"], "rollback")
+    # ... and a real drop under the new critic is still seen
+    worse = same_policy_new_critic - 1.0 + self.noise
+    _, d = sequential.decide(self.cfg, rescored, reward=worse.mean(), loss=1.0, values=worse)
+    self.assertEqual(d["action"], "rollback")
+    self.assertIsNone(sequential.rescore_best(sequential.init_state(1.0), self.values0).best)
+
+  def test_new_best_is_reported(self):
+    started = sequential.start_visit(self.state, self.values0.mean(), self.values0)
+    up = self.values0 + 1.0
+    _, d = sequential.decide(self.cfg, started, reward=up.mean(), loss=1.0, values=up)
+    self.assertTrue(d["new_best"])
+    down = self.values0 - 0.01
+    _, d = sequential.decide(self.cfg, started, reward=down.mean(), loss=1.0, values=down)
+    self.assertFalse(d["new_best"])
+
   def test_best_values_survive_json(self):
     s = sequential.SchedulerState.from_json(self.state.to_json())
     self.assertEqual(s, self.state)

@@ -67,6 +67,28 @@ class AlignJobTest(absltest.TestCase):
       self.assertTrue(checkpoint.all_finite(tree))
 
 
+  def test_a_visit_ends_on_its_best_adapters(self):
+    """Each visit starts where the last one was kept: the next visit's starting reward (its
+    first decision's ``best_before``, scored on the same contexts with the same critic) is
+    the previous visit's best, not its last chunk's reward."""
+    c = smoke(max_chunks=3, min_chunks=3, env_guard=0.0)
+    with tempfile.TemporaryDirectory() as wd:
+      offline.train_and_evaluate(c, wd)
+      with open(os.path.join(wd, "decisions.jsonl")) as f:
+        decisions = [json.loads(line) for line in f]
+      for prev, nxt in (("rl", "dpo"), ("dpo", "sft")):
+        visit = [d for d in decisions if d["stage"] == prev]
+        good = [d["reward"] for d in visit if d["action"] != "rollback" and
+                not d.get("rollback")]
+        best = max([visit[0]["best_before"]] + good)
+        start = [d for d in decisions if d["stage"] == nxt][0]["best_before"]
+        self.assertAlmostEqual(start, best, places=4, msg=(prev, visit))
+      # the start of the first visit is the reference's tracked reward (step-0 row)
+      rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+      r0 = [r["align/track_reward"] for r in rows if r["step"] == 0 and
+            "align/track_reward" in r][0]
+      self.assertAlmostEqual(decisions[0]["best_before"], r0, places=4)
+
   def test_killed_before_the_first_alignment_checkpoint_writes_step_0_rows_once(self):
     """A job stopped after the alignment's reference evaluation (step-0 rows written) and
     before its first checkpoint: the resumed run writes those rows once, not twice."""
