@@ -340,8 +340,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                        online_env_steps=float(om["online_env_steps"]),
                        online_q_loss=float(np.mean(cm["q_loss"])))
         # The critic moved: compare this chunk with the best adapters under the same
-        # (new) critic, not with their value under the old one.
-        # (``sched_in`` keeps the old scores: a rollback also drops the new critic.)
+        # (new) critic, not with their value under the old one. (``sched_in`` keeps the old
+        # scores, restored below on a rollback, which drops the new critic too.)
         sched = sequential.rescore_best(sched, np.asarray(tracker(
             tree["best"], (critic_new.q.params, critic_new.v.params)), np.float64))
       values = np.asarray(tracker(st.params, (new_tree["critic"].q.params,
@@ -367,12 +367,12 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                                         best_values=sched_in.best_values)
       if not rolled_back:
         tree = new_tree
+      # else: ``tree`` is still the last good state, the one the latest checkpoint holds; the
+      # rolled-back updates are not replayed (the next chunk draws new keys).
       if decision["action"] in ("advance", "finish"):
         # The visit ends on its best adapters (by the tracked reward on the held-out
         # contexts), not on its last chunk: a plateau's last chunks may sit below it.
         tree = dict(tree, state=tree["state"].replace(params=tree["best"]))
-      # else: ``tree`` is still the last good state, the one the latest checkpoint holds; the
-      # rolled-back updates are not replayed (the next chunk draws new keys).
       done_updates = step
       if decision["action"] in ("advance", "finish"):
         em, per_episode = curve_eval(tree["state"].params, tree["critic"])
