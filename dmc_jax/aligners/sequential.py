@@ -6,8 +6,8 @@ value of the aligned model's samples on fixed held-out contexts), the chunk's me
 its share of skipped (non-finite) updates, and :func:`decide` answers:
 
 * ``continue``: keep going with this stage;
-* ``advance``: the stage is done: its reward *plateaued* (no improvement above
-  ``tol * scale`` for ``patience`` chunks, after at least ``min_chunks``), it hit
+* ``advance``: the stage is done: its reward *plateaued* (no gain for ``patience`` chunks
+  after the visit's first good chunk, and at least ``min_chunks``), it hit
   ``max_chunks``, or it collapsed more than ``max_rollbacks`` times;
 * ``rollback``: the chunk *collapsed*: non-finite reward or loss, more than
   ``max_nonfinite`` of its updates skipped, a loss spike (``|loss| > spike_factor`` times the
@@ -21,6 +21,12 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
   that spread. The shell restores the last good checkpoint and multiplies the learning rate by
   ``lr_decay`` (kept for the rest of the run);
 * ``finish``: the last stage of the last pass is done.
+
+A chunk is a *gain* when its tracked reward beats the visit's best by more than ``gain_se``
+standard errors of the paired change on the same held-out contexts (the unit of the drop
+test), or, without per-context values, by more than ``tol * scale``. ``scale`` (the spread
+of Q across states) made the gain test as blind as the old drop test: a visit climbing
+0.06-0.12 per chunk, many paired SEs each, read as a plateau at 0.02 x scale = 0.12-0.2.
 
 Every visit starts with ``best`` = the tracked reward of the adapters it starts from
 (:func:`start_visit`), so a visit whose first chunk lowers the reward is rolled back too,
@@ -55,6 +61,7 @@ class SchedulerConfig:
   max_chunks: int = 8
   patience: int = 2
   tol: float = 0.02
+  gain_se: float = 2.0
   drop_tol: float = 3.0
   drop_min: float = 0.05
   spike_factor: float = 10.0
@@ -67,6 +74,8 @@ class SchedulerConfig:
       raise ValueError("the scheduler needs at least one stage")
     if self.passes < 1 or self.min_chunks < 1 or self.max_chunks < self.min_chunks:
       raise ValueError(f"need passes >= 1 and 1 <= min_chunks <= max_chunks, got {self}")
+    if not self.gain_se >= 0:
+      raise ValueError(f"gain_se must be >= 0, got {self.gain_se}")
     if not 0 < self.lr_decay <= 1:
       raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
@@ -199,7 +208,15 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
     return new, dict(where, action=action, rollback=True,
                      reason=f"{reason}; {cfg.max_rollbacks} rollbacks already, moving on "
                             "from the visit's best adapters")
-  improved = s.best is None or reward > s.best + cfg.tol * s.scale
+  # The visit's first good chunk resets the plateau count whatever its reward (it passed the
+  # drop test above): the first chunk of a visit spends itself on leaving the start (PPO's
+  # first chunk dips a little, within the drop margin, before it climbs), and counting it as
+  # "no gain" stopped slow climbers after ``min_chunks`` (Nav1D DD `full` RL: 2 chunks where
+  # it had run 6, `argmax` 22.67 -> 20.54).
+  first_good = not s.losses
+  se = paired_se(values, s.best_values) if s.best is not None else None
+  margin = cfg.tol * s.scale if se is None else cfg.gain_se * se
+  improved = first_good or s.best is None or reward > s.best + margin
   new_best = s.best is None or reward > s.best
   best = reward if new_best else s.best
   best_values = s.best_values
@@ -212,7 +229,8 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
   if s.chunk >= cfg.max_chunks:
     reason = f"max_chunks={cfg.max_chunks} reached"
   elif s.chunk >= cfg.min_chunks and s.since_best >= cfg.patience:
-    reason = (f"plateau: no gain above {cfg.tol} x scale for {s.since_best} chunks "
+    unit = f"{cfg.tol} x scale" if se is None else f"{cfg.gain_se} x paired SE"
+    reason = (f"plateau: no gain above {unit} for {s.since_best} chunks "
               f"(best {s.best:.4g})")
   else:
     return s, dict(where, action="continue", reason="improving" if improved else

@@ -40,8 +40,8 @@ def scheduler_config(config) -> sequential.SchedulerConfig:
   a = config.align
   return sequential.SchedulerConfig(
       stages=tuple(a.stages), passes=a.passes, min_chunks=a.min_chunks,
-      max_chunks=a.max_chunks, patience=a.patience, tol=a.tol, drop_tol=a.drop_tol,
-      drop_min=a.drop_min,
+      max_chunks=a.max_chunks, patience=a.patience, tol=a.tol, gain_se=a.gain_se,
+      drop_tol=a.drop_tol, drop_min=a.drop_min,
       spike_factor=a.spike_factor, max_nonfinite=a.max_nonfinite, lr_decay=a.lr_decay,
       max_rollbacks=a.max_rollbacks)
 

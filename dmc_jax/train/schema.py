@@ -93,6 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.max_chunks = 6  # chunks per stage visit at most
   c.align.patience = 2  # chunks without a gain above tol that count as a plateau
   c.align.tol = 0.02  # gain that counts, in units of the tracked reward's initial std
+  # (only without per-context values); with them a gain beats the best by gain_se x paired SE
+  c.align.gain_se = 2.0
   c.align.drop_tol = 3.0  # collapse: tracked reward below the best by this x paired SE
   c.align.drop_min = 0.05  # ... and by more than this x its initial spread over contexts
   c.align.spike_factor = 10.0  # |loss| above this times the stage's median is a collapse

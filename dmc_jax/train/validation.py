@@ -188,7 +188,7 @@ def validate_align(config, num_sampling_steps: int) -> None:
       bad(key, a[key], "a positive integer")
   if a.max_chunks < a.min_chunks:
     bad("max_chunks", a.max_chunks, f"at least align.min_chunks={a.min_chunks}")
-  for key in ("drop_tol", "drop_min"):
+  for key in ("tol", "gain_se", "drop_tol", "drop_min"):
     if not a[key] >= 0:
       bad(key, a[key], "a non-negative number")
   if not 0 < a.lr_decay <= 1:

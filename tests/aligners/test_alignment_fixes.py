@@ -390,6 +390,66 @@ class PairedCollapseTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "not finite"):
       sequential.start_visit(fresh, float("nan"))
 
+  def test_the_first_good_chunk_does_not_count_towards_a_plateau(self):
+    """A visit's first chunk dips a little below its start (within the drop margin), then
+    the reward climbs slowly: with the default patience the visit must not stop after
+    ``min_chunks`` on a "plateau" that began at the start (DD `full` RL stopped after 2
+    chunks). A visit that truly does not move still ends after patience + 1 chunks."""
+    cfg = sequential.SchedulerConfig(min_chunks=2, max_chunks=8, patience=2)
+    v0 = self.values0
+    started = sequential.start_visit(sequential.init_state(float(np.std(v0))), v0.mean(), v0)
+    actions = []
+    s = started
+    for shift in (-0.2, 0.05, 1.0):             # dip, tiny gain (< tol x scale), real gain
+      r = v0 + shift + self.noise
+      s, d = sequential.decide(cfg, s, reward=r.mean(), loss=1.0, values=r)
+      actions.append(d["action"])
+    self.assertEqual(actions, ["continue", "continue", "continue"])
+    self.assertEqual(d["reason"], "improving")
+    s, actions = started, []
+    for _ in range(3):
+      r = v0 + self.noise
+      s, d = sequential.decide(cfg, s, reward=r.mean(), loss=1.0, values=r)
+      actions.append(d["action"])
+    self.assertEqual(actions, ["continue", "continue", "advance"])
+    self.assertIn("plateau", d["reason"])
+    # After a rollback of the first chunk, the next good chunk is the visit's first good one.
+    bad = v0 - 3.0 + self.noise
+    s, d = sequential.decide(cfg, started, reward=bad.mean(), loss=1.0, values=bad)
+    self.assertEqual(d["action"], "rollback")
+    r = v0 - 0.2 + self.noise
+    s, d = sequential.decide(cfg, s, reward=r.mean(), loss=1.0, values=r)
+    self.assertEqual((d["action"], s.since_best), ("continue", 0))
+
+  def test_a_gain_is_measured_in_paired_standard_errors(self):
+    """A slow, certain climb (+0.06 a chunk on a Q spread of 10: 0.006 x scale, ~12 paired
+    SEs) is a gain, not a plateau; a change inside the noise is not. Under the old rule
+    (gain above tol x scale = 0.2) the climb read as a plateau after min_chunks."""
+    cfg = sequential.SchedulerConfig(min_chunks=2, max_chunks=8, patience=2)
+    v0 = self.values0
+    rng = np.random.default_rng(1)
+    s = sequential.start_visit(sequential.init_state(float(np.std(v0))), v0.mean(), v0)
+    actions = []
+    for k in range(1, 5):
+      r = v0 + 0.06 * k + rng.normal(0.0, 0.05, 256)
+      s, d = sequential.decide(cfg, s, reward=r.mean(), loss=1.0, values=r)
+      actions.append(d["action"])
+    self.assertEqual(actions, ["continue"] * 4)
+    self.assertEqual((d["reason"], s.since_best), ("improving", 0))
+    # Noise around the best: no gain, and the plateau names its unit.
+    best = np.asarray(s.best_values)
+    for _ in range(2):
+      r = best + rng.normal(0.0, 0.05, 256)
+      s, d = sequential.decide(cfg, s, reward=r.mean(), loss=1.0, values=r)
+    self.assertEqual(d["action"], "advance")
+    self.assertIn("2.0 x paired SE", d["reason"])
+    with self.assertRaisesRegex(ValueError, "gain_se"):
+      sequential.SchedulerConfig(gain_se=-1.0)
+    c = nav1d_config.get_config("dp,full,smoke")
+    c.align.gain_se = -1.0
+    with self.assertRaisesRegex(ValueError, "align.gain_se"):
+      validation.validate_config(c)
+
   def test_a_changed_critic_rescores_the_best(self):
     """Online fine-tuning changes the critic: the drop test must compare two policies under
     the new critic. A critic that now values every context 1.0 lower is not a drop of the
