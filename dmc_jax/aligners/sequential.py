@@ -19,7 +19,10 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
   the learning rate). The spread of Q across states, which dominates the unpaired std,
   cancels in the pair, so a real drop of the policy is seen even when it is small next to
   that spread. The shell restores the last good checkpoint and multiplies the learning rate by
-  ``lr_decay`` (kept for the rest of the run);
+  ``lr_decay``: of this stage only, for the rest of the run (``lr_decay_scope="stage"``,
+  the default), or of every later stage too (``"run"``, the old rule: a U-Net whose PPO
+  step was too large left DPO at 1/8 and SFT at 1/16 of their own learning rates, though
+  neither had collapsed);
 * ``finish``: the last stage of the last pass is done.
 
 A chunk is a *gain* when its tracked reward beats the visit's best by more than ``gain_se``
@@ -53,6 +56,9 @@ from typing import Mapping, Optional, Tuple
 import numpy as np
 
 
+LR_DECAY_SCOPES = ("stage", "run")
+
+
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
   stages: Tuple[str, ...] = ("rl", "dpo", "sft")
@@ -67,6 +73,7 @@ class SchedulerConfig:
   spike_factor: float = 10.0
   max_nonfinite: float = 0.5
   lr_decay: float = 0.5
+  lr_decay_scope: str = "stage"
   max_rollbacks: int = 3
 
   def __post_init__(self):
@@ -78,6 +85,9 @@ class SchedulerConfig:
       raise ValueError(f"gain_se must be >= 0, got {self.gain_se}")
     if not 0 < self.lr_decay <= 1:
       raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+    if self.lr_decay_scope not in LR_DECAY_SCOPES:
+      raise ValueError(f"lr_decay_scope must be one of {LR_DECAY_SCOPES}, got "
+                       f"{self.lr_decay_scope!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +101,8 @@ class SchedulerState:
   losses: Tuple[float, ...] = ()  # |loss| of the visit's good chunks
   rollbacks: int = 0              # in this visit
   total_rollbacks: int = 0
-  lr_scale: float = 1.0
+  lr_scale: float = 1.0           # product of every rollback's decay (scope "run")
+  stage_lr_scales: Tuple[float, ...] = ()  # per stage index (scope "stage"; missing = 1)
   scale: float = 1.0              # spread of the tracked reward at the start
   done: bool = False
 
@@ -103,6 +114,7 @@ class SchedulerState:
     d = dict(d)
     d["losses"] = tuple(d.get("losses", ()))
     d["best_values"] = tuple(d.get("best_values", ()))
+    d["stage_lr_scales"] = tuple(d.get("stage_lr_scales", ()))
     return cls(**d)
 
 
@@ -139,6 +151,23 @@ def rescore_best(state: SchedulerState, values) -> SchedulerState:
 
 def stage(cfg: SchedulerConfig, state: SchedulerState) -> str:
   return cfg.stages[state.stage_idx]
+
+
+def lr_scale(cfg: SchedulerConfig, state: SchedulerState) -> float:
+  """The factor on the current stage's learning rate that its rollbacks left (scope
+  ``"stage"``), or that every rollback so far left (scope ``"run"``)."""
+  if cfg.lr_decay_scope == "run":
+    return state.lr_scale
+  scales = state.stage_lr_scales
+  return scales[state.stage_idx] if state.stage_idx < len(scales) else 1.0
+
+
+def _decayed(cfg: SchedulerConfig, s: SchedulerState) -> SchedulerState:
+  n = max(len(cfg.stages), len(s.stage_lr_scales))
+  scales = list(s.stage_lr_scales) + [1.0] * (n - len(s.stage_lr_scales))
+  scales[s.stage_idx] *= cfg.lr_decay
+  return dataclasses.replace(s, lr_scale=s.lr_scale * cfg.lr_decay,
+                             stage_lr_scales=tuple(scales))
 
 
 def _advance(cfg, s: SchedulerState) -> SchedulerState:
@@ -199,10 +228,11 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
   reason = collapse_reason(cfg, s, reward, loss, nonfinite, values)
   if reason is not None:
     if s.rollbacks < cfg.max_rollbacks:
-      new = dataclasses.replace(s, chunk=s.chunk + 1, rollbacks=s.rollbacks + 1,
-                                total_rollbacks=s.total_rollbacks + 1,
-                                lr_scale=s.lr_scale * cfg.lr_decay)
-      return new, dict(where, action="rollback", reason=reason, lr_scale=new.lr_scale)
+      new = _decayed(cfg, dataclasses.replace(s, chunk=s.chunk + 1,
+                                              rollbacks=s.rollbacks + 1,
+                                              total_rollbacks=s.total_rollbacks + 1))
+      return new, dict(where, action="rollback", reason=reason,
+                       lr_scale=lr_scale(cfg, new))
     new = _advance(cfg, dataclasses.replace(s, total_rollbacks=s.total_rollbacks + 1))
     action = "finish" if new.done else "advance"
     return new, dict(where, action=action, rollback=True,

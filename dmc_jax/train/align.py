@@ -43,6 +43,7 @@ def scheduler_config(config) -> sequential.SchedulerConfig:
       max_chunks=a.max_chunks, patience=a.patience, tol=a.tol, gain_se=a.gain_se,
       drop_tol=a.drop_tol, drop_min=a.drop_min,
       spike_factor=a.spike_factor, max_nonfinite=a.max_nonfinite, lr_decay=a.lr_decay,
+      lr_decay_scope=a.lr_decay_scope,
       max_rollbacks=a.max_rollbacks)
 
 
@@ -314,7 +315,8 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
         visit_key = (name, sched.pass_idx)
         visit_progress = progress_lib.Progress(f"align {name} pass {sched.pass_idx}",
                                                a.max_chunks * a.updates_per_chunk)
-      st = base_lib.set_learning_rate(st, stage_lr(config, name) * sched.lr_scale)
+      st = base_lib.set_learning_rate(st, stage_lr(config, name) *
+                                       sequential.lr_scale(sched_cfg, sched))
       critic_params = (tree["critic"].q.params, tree["critic"].v.params)
       chunk_no = done_updates // a.updates_per_chunk + 1
       poison = np.float32(np.nan if chunk_no in tuple(hooks.nan_chunks) else 1.0)

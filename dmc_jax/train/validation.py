@@ -10,7 +10,7 @@ import numpy as np
 
 from dmc_jax.aligners import base as base_lib
 from dmc_jax.aligners import cascade as cascade_lib
-from dmc_jax.aligners import dpo, rewards, rl, sft
+from dmc_jax.aligners import dpo, rewards, rl, sequential, sft
 from dmc_jax.critics import selection as sel
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import gym_data
@@ -193,6 +193,8 @@ def validate_align(config, num_sampling_steps: int) -> None:
       bad(key, a[key], "a non-negative number")
   if not 0 < a.lr_decay <= 1:
     bad("lr_decay", a.lr_decay, "a number in (0, 1]")
+  if a.lr_decay_scope not in sequential.LR_DECAY_SCOPES:
+    bad("lr_decay_scope", a.lr_decay_scope, f"one of {sequential.LR_DECAY_SCOPES}")
   if a.parallel not in sharding.PARALLEL:
     bad("parallel", a.parallel, f"one of {sharding.PARALLEL}")
   for s in a.eval_selections:

@@ -2,7 +2,9 @@
 from absl.testing import absltest
 import numpy as np
 
+from configs import nav1d as nav1d_config
 from dmc_jax.aligners import sequential as seq
+from dmc_jax.train import validation
 
 
 class SchedulerTest(absltest.TestCase):
@@ -95,6 +97,33 @@ class SchedulerTest(absltest.TestCase):
     self.assertEqual(d["action"], "advance")
     self.assertTrue(d["rollback"])
     self.assertEqual((s.stage_idx, s.total_rollbacks, s.rollbacks), (1, 3, 0))
+
+  def test_a_rollback_decays_its_own_stages_learning_rate(self):
+    def run(scope):
+      cfg = seq.SchedulerConfig(stages=("rl", "dpo"), passes=2, min_chunks=1, max_chunks=2,
+                                patience=1, lr_decay=0.5, lr_decay_scope=scope)
+      s, seen = seq.init_state(1.0), []
+      s, _ = seq.decide(cfg, s, reward=1.0, loss=1.0)
+      s, d = seq.decide(cfg, s, reward=float("nan"), loss=1.0)  # RL pass 0 rolls back
+      self.assertEqual(d["action"], "rollback")
+      while not s.done:
+        seen.append((seq.stage(cfg, s), s.pass_idx, seq.lr_scale(cfg, s)))
+        s, _ = seq.decide(cfg, s, reward=1.0, loss=1.0)
+        s = seq.SchedulerState.from_json(s.to_json())  # survives the checkpoint's JSON
+      return dict(((st, p), x) for st, p, x in seen)
+    stage = run("stage")
+    self.assertEqual(stage[("rl", 0)], 0.5)
+    self.assertEqual(stage[("dpo", 0)], 1.0)   # DPO never collapsed: its own rate
+    self.assertEqual(stage[("rl", 1)], 0.5)    # RL keeps its decay into the next pass
+    self.assertEqual(stage[("dpo", 1)], 1.0)
+    run_scope = run("run")  # the old rule: every later stage inherits the decay
+    self.assertEqual(set(run_scope.values()), {0.5})
+    with self.assertRaisesRegex(ValueError, "lr_decay_scope"):
+      seq.SchedulerConfig(lr_decay_scope="visit")
+    c = nav1d_config.get_config("dp,full,smoke")
+    c.align.lr_decay_scope = "visit"
+    with self.assertRaisesRegex(ValueError, "align.lr_decay_scope"):
+      validation.validate_config(c)
 
   def test_reward_drop_and_loss_spike_are_collapses(self):
     s = seq.init_state(2.0)  # scale 2: a drop of more than drop_tol * 2 = 2 collapses

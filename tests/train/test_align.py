@@ -40,6 +40,11 @@ class AlignJobTest(absltest.TestCase):
       rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
       lrs = [r["align/lr"] for r in rows if "align/lr" in r]
       self.assertAlmostEqual(lrs[2], lrs[0] * c.align.lr_decay, places=8)
+      # The rollback decayed RL's learning rate only: the next stages run at their own
+      # (align.lr_decay_scope = "stage").
+      for name in ("dpo", "sft"):
+        first = next(r for r in rows if any(k.startswith(f"align/{name}/") for k in r))
+        self.assertAlmostEqual(first["align/lr"], c.align[name].lr, places=8)
       # (a revert may follow a stage's last decision; it is the env guard's, not the scheduler's)
       self.assertEqual([d for d in decisions if d["action"] != "revert"][-1]["action"], "finish")
       self.assertEqual([d["stage"] for d in decisions if d["action"] in ("advance", "finish")],
