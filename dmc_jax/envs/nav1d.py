@@ -134,6 +134,12 @@ def solve_values(params: Nav1DParams, num_states: int = 401, num_actions: int = 
   return jnp.concatenate([vs[::-1], jnp.zeros((1, num_states))], 0)
 
 
+def optimal_return(values, pos):
+  """The DP-optimal return from start ``pos`` at ``t = 0``: ``V_0(pos)`` (``values`` from
+  :func:`solve_values`), linearly interpolated. Broadcasts over ``pos``."""
+  return jnp.interp(pos, jnp.linspace(-1.0, 1.0, values.shape[1]), values[0])
+
+
 def greedy_action(params: Nav1DParams, values, t, pos, num_actions: int = 201):
   """``argmax_a r_t(s, a) + V_{t+1}(s')`` over a fine action grid, at the exact ``pos``."""
   grid = jnp.linspace(-1.0, 1.0, values.shape[1])

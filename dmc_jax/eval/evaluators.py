@@ -75,7 +75,12 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
   @functools.partial(jax.jit, static_argnums=3)
   def evaluate(params, critic_params, key, num_episodes):
     out = run(params, critic_params, key, num_episodes)
+    # The DP-optimal return from each episode's own start, and the policy's return as a
+    # percentage of it (100 = optimal): Nav1D's normalised score, on the same starts.
+    optimal = nav1d.optimal_return(values, out["obs"][:, 0, 0])
     metrics = {"return_mean": jnp.mean(out["returns"]), "return_std": jnp.std(out["returns"]),
+               "optimal_return": jnp.mean(optimal),
+               "normalized_score": 100.0 * jnp.mean(out["returns"]) / jnp.mean(optimal),
                "behaviour_density": coherency.policy_coherency(
                    density, out["t"], out["obs"], out["actions"], out["alive"]),
                "critic_gap": critic_gap(critic_params, out)}

@@ -87,6 +87,35 @@ class Nav1DTest(parameterized.TestCase):
     np.testing.assert_array_equal(data["full"]["terminations"][:, -1], True)
     self.assertFalse(np.any(data["full"]["terminations"][:, :-1]))
 
+  def test_optimal_return_is_what_the_greedy_policy_earns_from_each_start(self):
+    """``optimal_return(values, pos)`` (Nav1D's 100 % in the normalised score) equals the
+    return of the DP-greedy policy from that start, and no random policy beats it."""
+    from dmc_jax.eval import rollout as rollout_lib
+    p, v = self.params, self.values
+
+    def greedy(params, cp, k, hist):
+      obs = hist[:, -1]
+      t = jnp.round(obs[:, 1] * p.horizon).astype(jnp.int32)
+      return jax.vmap(lambda ti, s: nav1d.greedy_action(p, v, ti, s))(t, obs[:, 0])[:, None, None], {}
+
+    def uniform(params, cp, k, hist):
+      return jax.random.uniform(k, (hist.shape[0], 1, 1), minval=-1.0, maxval=1.0), {}
+
+    runs = {name: jax.jit(rollout_lib.make_rollout(nav1d.reset, nav1d.step, p, max_steps=32,
+                                                  act_fn=fn), static_argnums=3)
+            for name, fn in (("greedy", greedy), ("uniform", uniform))}
+    out = runs["greedy"](None, None, jax.random.key(3), 16)
+    starts = out["obs"][:, 0, 0]
+    self.assertGreater(float(np.ptp(np.asarray(starts))), 0.5)  # distinct starts
+    opt = np.asarray(nav1d.optimal_return(v, starts))
+    self.assertEqual(opt.shape, (16,))
+    np.testing.assert_allclose(np.asarray(out["returns"]), opt, rtol=0.01)
+    # The value at a start beats every other start's value at some start (it is per start).
+    self.assertGreater(float(np.ptp(opt)), 0.5)
+    rand = runs["uniform"](None, None, jax.random.key(3), 16)
+    np.testing.assert_allclose(rand["obs"][:, 0, 0], starts)  # the same starts
+    self.assertTrue(np.all(np.asarray(rand["returns"]) < opt))
+
   @parameterized.parameters("full", "partial", "expert")
   def test_behaviour_density_integrates_to_one(self, kind):
     grid = jnp.linspace(-1.5, 1.5, 30001)

@@ -129,6 +129,17 @@ class MeshPretrainTest(unittest.TestCase):
       evaluate = evaluators.make_evaluator(c, dmc, obs_norm, act_norm, critic.q_fn, critic.v_fn, info)
       out[mode] = evaluate(params, (cstate.q.params, cstate.v.params), jax.random.key(5), 8)
     np.testing.assert_allclose(out["mesh"][1]["return"], out["none"][1]["return"], atol=1e-4)
+    # Nav1D's normalised score: the return as a % of the DP-optimal return from the same
+    # starts (the episodes' own, drawn from the evaluation key as the roll-out draws them).
+    m = out["none"][0]
+    env = nav1d.make_params(c.env.task_seed, c.env.horizon, c.env.step_size)
+    k_reset, _ = jax.random.split(jax.random.key(5))
+    _, obs0 = jax.vmap(nav1d.reset, (0, None))(jax.random.split(k_reset, 8), env)
+    v0 = nav1d.optimal_return(jax.jit(nav1d.solve_values)(env), obs0[:, 0])
+    self.assertAlmostEqual(m["optimal_return"], float(np.mean(v0)), places=4)
+    self.assertAlmostEqual(m["normalized_score"],
+                           100 * m["return_mean"] / m["optimal_return"], places=3)
+    self.assertLess(m["normalized_score"], 100.0)  # an untrained policy
     self.assertGreater(np.std(out["none"][1]["return"]), 0)  # distinct episodes
     # The roll-out itself: the episodes' returns come back split over the four devices.
     env = nav1d.make_params(0, 8, 0.1)
