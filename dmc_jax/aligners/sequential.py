@@ -19,10 +19,11 @@ its share of skipped (non-finite) updates, and :func:`decide` answers:
   the learning rate). The spread of Q across states, which dominates the unpaired std,
   cancels in the pair, so a real drop of the policy is seen even when it is small next to
   that spread. The shell restores the last good checkpoint and multiplies the learning rate by
-  ``lr_decay``: of this stage only, for the rest of the run (``lr_decay_scope="stage"``,
-  the default), or of every later stage too (``"run"``, the old rule: a U-Net whose PPO
-  step was too large left DPO at 1/8 and SFT at 1/16 of their own learning rates, though
-  neither had collapsed);
+  ``lr_decay``: of this and every later stage, for the rest of the run
+  (``lr_decay_scope="run"``, the default, the rule the Nav1D tables were measured with), or
+  of this stage only (``"stage"``: a U-Net whose PPO step was too large otherwise leaves DPO
+  at 1/8 and SFT at 1/16 of their own learning rates, though neither collapsed; not yet
+  measured on the grid);
 * ``finish``: the last stage of the last pass is done.
 
 A chunk is a *gain* when its tracked reward beats the visit's best by more than ``gain_se``
@@ -73,7 +74,7 @@ class SchedulerConfig:
   spike_factor: float = 10.0
   max_nonfinite: float = 0.5
   lr_decay: float = 0.5
-  lr_decay_scope: str = "stage"
+  lr_decay_scope: str = "run"
   max_rollbacks: int = 3
 
   def __post_init__(self):

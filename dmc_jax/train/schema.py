@@ -101,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.max_nonfinite = 0.5  # share of skipped (non-finite) updates that is a collapse
   c.align.lr_decay = 0.5  # learning-rate factor after each rollback
   # ... of the stage that rolled back ("stage") or of it and every later stage ("run")
-  c.align.lr_decay_scope = "stage"
+  c.align.lr_decay_scope = "run"
   c.align.env_guard = 1.0  # revert a visit whose env return/success falls > this x paired SE
   c.align.curve_selection = "first"  # selection of the curve / guard evaluations (the sampler)
   # Further selections the environment guard also watches on the same curve seeds (a visit

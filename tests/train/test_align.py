@@ -29,6 +29,7 @@ class AlignJobTest(absltest.TestCase):
 
   def test_rollback_online_cascade_and_results(self):
     c = smoke(online__enabled=True, cascade__enabled=True, max_chunks=3, parallel="shard_map")
+    c.align.lr_decay_scope = "stage"
     with tempfile.TemporaryDirectory() as wd:
       results = offline.train_and_evaluate(c, wd, hooks.Hooks(nan_chunks=(2,)))
       with open(os.path.join(wd, "decisions.jsonl")) as f:
@@ -40,8 +41,8 @@ class AlignJobTest(absltest.TestCase):
       rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
       lrs = [r["align/lr"] for r in rows if "align/lr" in r]
       self.assertAlmostEqual(lrs[2], lrs[0] * c.align.lr_decay, places=8)
-      # The rollback decayed RL's learning rate only: the next stages run at their own
-      # (align.lr_decay_scope = "stage").
+      # With align.lr_decay_scope = "stage" the rollback decayed RL's learning rate only:
+      # the next stages run at their own.
       for name in ("dpo", "sft"):
         first = next(r for r in rows if any(k.startswith(f"align/{name}/") for k in r))
         self.assertAlmostEqual(first["align/lr"], c.align[name].lr, places=8)
