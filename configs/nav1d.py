@@ -72,6 +72,13 @@ def apply_smoke(c):
 # of the pretrained plan coherency; 250 is the smallest that keeps >= 80 %.
 NAV1D_PLANNER_DYNAMICS_COEF = 250.0
 
+# Diffuser's RL stage on Nav1D: the Q-value gradient through the sampler (the paper's QV-PG,
+# K = 2, regulariser 1.0) instead of PPO, measured on the six DDIM cells (BUILD_NOTES, issue
+# #14, "PPO or the Q-gradient per model"): on Diffuser it lifted `first` beyond both CIs on
+# `partial` and `full` (PPO: on neither) with `argmax` unchanged and plan coherency up; on DP
+# it was 5-10 lower than PPO, on DD it lowered `argmax` below its CI, so they keep PPO.
+NAV1D_DIFFUSER_RL_METHOD = "qgrad"
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts, smoke = parse_arg(arg)
@@ -83,4 +90,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.dataset = dataset
   if c.model.kind in ("diffuser", "decision_diffuser"):  # Nav1D's known model
     c.align.dynamics_coef = NAV1D_PLANNER_DYNAMICS_COEF
+  if c.model.kind == "diffuser":
+    c.align.rl.method = NAV1D_DIFFUSER_RL_METHOD
   return apply_smoke(c) if smoke else c

@@ -52,6 +52,9 @@ class ConfigTest(parameterized.TestCase):
     # per planner, BUILD_NOTES); a one-action DP has no plan, so its reward is `first` anyway.
     self.assertEqual(cfg.align.reward, {"diffuser": "plan_q", "dd": "first",
                                         "dp": "plan_q"}[model])
+    # Diffuser's RL stage is the Q-gradient through the sampler on Nav1D, DP and DD keep PPO
+    # (measured per model, BUILD_NOTES "PPO or the Q-gradient per model").
+    self.assertEqual(cfg.align.rl.method, "qgrad" if model == "diffuser" else "ppo")
     if model == "dp":
       cfg.align.dynamics_coef = 250.0
       with self.assertRaisesRegex(ValueError, "align.dynamics_coef=250.0 is invalid"):
@@ -62,6 +65,7 @@ class ConfigTest(parameterized.TestCase):
       cfg = _load("metaworld.py", arg)
       self.assertEqual(cfg.align.dynamics_coef, 0.0)
       self.assertEqual(cfg.align.reward, "first" if arg == "dd" else "plan_q")
+      self.assertEqual(cfg.align.rl.method, "ppo")  # the Q-gradient is measured on Nav1D only
       loop.validate_config(cfg)
 
   def test_bad_values_name_the_key(self):

@@ -157,6 +157,21 @@ class DeployedSamplerTest(absltest.TestCase):
     same = builders.deployed_dmc(c, dmc).sampling.gen.sample(params, key, x_T, cond).x_0
     np.testing.assert_array_equal(same, config_x0)
 
+  def test_the_q_gradient_default_deploys_the_chain_it_differentiates(self):
+    """Nav1D's Diffuser aligns with the Q-gradient through the configured (eta = 0) chain:
+    the deployed sampler is that chain, not PPO's stochastic one."""
+    c, dmc, params, hist = setup("diffuser")
+    self.assertEqual(c.align.rl.method, "qgrad")
+    self.assertFalse(builders.uses_policy_gradient(c))
+    deployed = builders.deployed_dmc(c, dmc)
+    p1 = deployed.propose(params, jax.random.key(3), hist, 2).actions
+    p2 = dmc.propose(params, jax.random.key(3), hist, 2).actions
+    np.testing.assert_array_equal(p1, p2)
+    c = c.copy_and_resolve_references()
+    c.align.rl.method = "ppo"  # PPO on the same model deploys its stochastic chain
+    p3 = builders.deployed_dmc(c, dmc).propose(params, jax.random.key(3), hist, 2).actions
+    self.assertGreater(float(jnp.max(jnp.abs(p3 - p2))), 1e-4)
+
   def test_a_deterministic_rl_sampler_is_refused(self):
     c = nav1d_config.get_config("dp,full,smoke")
     c.align.rl.stochastic_scale = 0.0
