@@ -72,11 +72,12 @@ def apply_smoke(c):
 # of the pretrained plan coherency; 250 is the smallest that keeps >= 80 %.
 NAV1D_PLANNER_DYNAMICS_COEF = 250.0
 
-# Diffuser's RL stage on Nav1D: the Q-value gradient through the sampler (the paper's QV-PG,
-# K = 2, regulariser 1.0) instead of PPO, measured on the six DDIM cells (BUILD_NOTES, issue
-# #14, "PPO or the Q-gradient per model"): on Diffuser it lifted `first` beyond both CIs on
-# `partial` and `full` (PPO: on neither) with `argmax` unchanged and plan coherency up; on DP
-# it was 5-10 lower than PPO, on DD it lowered `argmax` below its CI, so they keep PPO.
+# Diffuser's RL stage on Nav1D: the Q-value gradient through the sampler (the paper's QV-PG;
+# the method's defaults K = 2, regulariser 1.0) instead of PPO, measured on the six DDIM cells
+# (BUILD_NOTES, issue #14, "PPO or the Q-gradient per model"): on Diffuser every selection
+# ends higher than with PPO on both datasets (`first` 15.85 / 11.01 against 13.99 / 8.50),
+# `argmax` within its CI, plan coherency up; on DP `full` `first` ends 9.5 lower than with
+# PPO, and on DD `argmax` falls below its before-CI on both datasets, so they keep PPO.
 NAV1D_DIFFUSER_RL_METHOD = "qgrad"
 
 
