@@ -10,7 +10,7 @@ import tempfile
 
 from absl.testing import absltest, parameterized
 
-from dmc_jax.train import loop
+from dmc_jax.train import loop, schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -55,6 +55,10 @@ class ConfigTest(parameterized.TestCase):
     # Diffuser's RL stage is the Q-gradient through the sampler on Nav1D, DP and DD keep PPO
     # (measured per model, BUILD_NOTES "PPO or the Q-gradient per model").
     self.assertEqual(cfg.align.rl.method, "qgrad" if model == "diffuser" else "ppo")
+    # Every Nav1D cell gets the 12-chunk budget (the Q-gradient visits climbed past 6; the
+    # PPO visits plateau before it); MetaWorld keeps the schema's 6 (test below).
+    self.assertEqual(cfg.align.max_chunks, 12)
+    self.assertGreater(cfg.align.max_chunks, schema.base_config().align.max_chunks)
     if model == "dp":
       cfg.align.dynamics_coef = 250.0
       with self.assertRaisesRegex(ValueError, "align.dynamics_coef=250.0 is invalid"):
@@ -66,6 +70,7 @@ class ConfigTest(parameterized.TestCase):
       self.assertEqual(cfg.align.dynamics_coef, 0.0)
       self.assertEqual(cfg.align.reward, "first" if arg == "dd" else "plan_q")
       self.assertEqual(cfg.align.rl.method, "ppo")  # the Q-gradient is measured on Nav1D only
+      self.assertEqual(cfg.align.max_chunks, schema.base_config().align.max_chunks)
       loop.validate_config(cfg)
 
   def test_bad_values_name_the_key(self):
