@@ -13,6 +13,15 @@ from configs import nav1d
 QUALITIES = ("expert", "medium", "random")
 NUM_EPISODES = 200  # episodes generated when the dataset is missing (150 steps each)
 
+# The environment guard also watches the deployed IDQL controller on MetaWorld (the schema's
+# guard watches the sampler alone, `first`). The critic learns the dense return, which does
+# not encode success: on button-press `medium` (DP, seed 0, the default scheduler of
+# 2026-12-06) the kept stages raised the `argmax` controller's return 153 -> 171 and
+# dropped its success 1.00 -> 0.28 while `first` rose 0.91 -> 1.00, so nothing was reverted.
+# Measured on the eight DP and Diffuser cells (BUILD_NOTES, "MetaWorld: the guard watches the
+# deployed controller").
+GUARD_SELECTIONS = ("argmax",)
+
 
 def get_config(arg: str | None = None):
   parts, smoke = nav1d.parse_arg(arg)
@@ -31,6 +40,7 @@ def get_config(arg: str | None = None):
   c.env.max_steps = 150  # the datasets' episode length
   c.eval.num_episodes = 32
   c.eval.curve_episodes = 8
+  c.align.guard_selections = GUARD_SELECTIONS
   if smoke:
     c = nav1d.apply_smoke(c)
     c.data.num_episodes, c.env.max_steps = 6, 30
