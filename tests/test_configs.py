@@ -73,6 +73,18 @@ class ConfigTest(parameterized.TestCase):
       self.assertEqual(cfg.align.max_chunks, schema.base_config().align.max_chunks)
       loop.validate_config(cfg)
 
+  def test_the_metaworld_guard_watches_the_deployed_controller(self):
+    # MetaWorld's critic learns the dense return, not success, so the guard also watches the
+    # deployed `argmax` there (BUILD_NOTES); every guarded selection must be evaluated.
+    for model in ("dp", "diffuser", "dd"):
+      cfg = _load("metaworld.py", f"{model},drawer-open")
+      self.assertEqual(tuple(cfg.align.guard_selections), ("argmax",))
+      self.assertIn("argmax", cfg.align.eval_selections)
+      self.assertEqual(cfg.align.curve_selection, "first")
+    # Nav1D keeps the schema's guard on the sampler alone (measured there: the argmax guard
+    # turns its `first` gains into reverts, BUILD_NOTES "The environment guard can watch...").
+    self.assertEqual(tuple(_load("nav1d.py", "dd,partial").align.guard_selections), ())
+
   def test_bad_values_name_the_key(self):
     cfg = _load("mixture2d.py")
     cfg.diffusion.sample_steps = 500
