@@ -56,7 +56,7 @@ class ConfigTest(parameterized.TestCase):
     # (measured per model, BUILD_NOTES "PPO or the Q-gradient per model").
     self.assertEqual(cfg.align.rl.method, "qgrad" if model == "diffuser" else "ppo")
     # Every Nav1D cell gets the 12-chunk budget (the Q-gradient visits climbed past 6; the
-    # PPO visits plateau before it); MetaWorld keeps the schema's 6 (test below).
+    # PPO visits make no new best after it); MetaWorld keeps the schema's 6 (test below).
     self.assertEqual(cfg.align.max_chunks, 12)
     self.assertGreater(cfg.align.max_chunks, schema.base_config().align.max_chunks)
     if model == "dp":
