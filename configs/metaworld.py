@@ -19,7 +19,9 @@ NUM_EPISODES = 200  # episodes generated when the dataset is missing (150 steps 
 # 2026-12-06) the kept stages raised the `argmax` controller's return 153 -> 171 and
 # dropped its success 1.00 -> 0.28 while `first` rose 0.91 -> 1.00, so nothing was reverted.
 # Measured on the eight DP and Diffuser cells (BUILD_NOTES, "MetaWorld: the guard watches the
-# deployed controller"): success after >= before for both selections in 7 of 8, RL kept in 3.
+# deployed controller" and "MetaWorld: the Diffuser aligns with the Q-gradient"): with the
+# Diffuser's Q-gradient (its default since 2026-12-07) success after >= before for both
+# selections in 7 of 8 cells, RL kept in 4 of 8.
 GUARD_SELECTIONS = ("argmax",)
 
 

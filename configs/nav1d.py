@@ -25,6 +25,19 @@ def parse_arg(arg):
 DD_ALIGN_REWARD = "first"
 
 
+# Diffuser's RL stage: the Q-value gradient through the sampler (the paper's QV-PG; the
+# method's defaults K = 2, regulariser 1.0) instead of PPO, for every suite. Measured on
+# Nav1D's six DDIM cells (BUILD_NOTES, issue #14, "PPO or the Q-gradient per model"): on
+# Diffuser every selection ends higher than with PPO on both datasets (`first` 15.85 / 11.01
+# against 13.99 / 8.50), `argmax` within its CI, plan coherency up; on DP `full` `first` ends
+# 9.5 lower than with PPO, and on DD `argmax` falls below its before-CI on both datasets, so
+# they keep PPO. On MetaWorld `medium` (four tasks, BUILD_NOTES "MetaWorld: the Diffuser
+# aligns with the Q-gradient") the RL visit is kept in 2 of 4 cells against PPO's 1, with
+# `argmax` success after >= before in 3 of 4 (PPO: 3 of 4) and a third of PPO's alignment
+# time. MuJoCo's Diffuser was measured with neither.
+DIFFUSER_RL_METHOD = "qgrad"
+
+
 def apply_model(c, model: str):
   kind = MODEL_ALIASES.get(model)
   if kind is None:
@@ -37,6 +50,8 @@ def apply_model(c, model: str):
     c.model.max_known = 4
     c.eval.num_candidates = 16
     c.train.batch_size = 128
+  if kind == "diffuser":
+    c.align.rl.method = DIFFUSER_RL_METHOD
   if kind == "decision_diffuser":
     # DD executes the inverse-dynamics action of its first planned transition and replans
     # every step; scoring that action alone beat the plan-level mean on both Nav1D cells, for
@@ -72,13 +87,6 @@ def apply_smoke(c):
 # of the pretrained plan coherency; 250 is the smallest that keeps >= 80 %.
 NAV1D_PLANNER_DYNAMICS_COEF = 250.0
 
-# Diffuser's RL stage on Nav1D: the Q-value gradient through the sampler (the paper's QV-PG;
-# the method's defaults K = 2, regulariser 1.0) instead of PPO, measured on the six DDIM cells
-# (BUILD_NOTES, issue #14, "PPO or the Q-gradient per model"): on Diffuser every selection
-# ends higher than with PPO on both datasets (`first` 15.85 / 11.01 against 13.99 / 8.50),
-# `argmax` within its CI, plan coherency up; on DP `full` `first` ends 9.5 lower than with
-# PPO, and on DD `argmax` falls below its before-CI on both datasets, so they keep PPO.
-NAV1D_DIFFUSER_RL_METHOD = "qgrad"
 
 # Chunks per stage visit at most on Nav1D (the schema's default is 6), measured on the six
 # DDIM cells (BUILD_NOTES, issue #14, "PPO or the Q-gradient per model"): the Diffuser's
@@ -100,7 +108,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.dataset = dataset
   if c.model.kind in ("diffuser", "decision_diffuser"):  # Nav1D's known model
     c.align.dynamics_coef = NAV1D_PLANNER_DYNAMICS_COEF
-  if c.model.kind == "diffuser":
-    c.align.rl.method = NAV1D_DIFFUSER_RL_METHOD
   c.align.max_chunks = NAV1D_MAX_CHUNKS
   return apply_smoke(c) if smoke else c
