@@ -33,7 +33,7 @@ DD_ALIGN_REWARD = "first"
 # 9.5 lower than with PPO, and on DD `argmax` falls below its before-CI on both datasets, so
 # they keep PPO. On MetaWorld `medium` (four tasks, BUILD_NOTES "MetaWorld: the Diffuser
 # aligns with the Q-gradient") the RL visit is kept in 2 of 4 cells against PPO's 1, with
-# `argmax` success after >= before in 3 of 4 (PPO: 3 of 4) and a third of PPO's alignment
+# `argmax` success after >= before in 3 of 4 (PPO: 3 of 4) and 40-76 % of PPO's alignment
 # time. MuJoCo's Diffuser was measured with neither.
 DIFFUSER_RL_METHOD = "qgrad"
 
@@ -86,7 +86,6 @@ def apply_smoke(c):
 # sweep on Diffuser `full` (BUILD_NOTES, issue #14): 0 / 20 / 80 / 250 kept 17 / 51 / 68 / 91 %
 # of the pretrained plan coherency; 250 is the smallest that keeps >= 80 %.
 NAV1D_PLANNER_DYNAMICS_COEF = 250.0
-
 
 # Chunks per stage visit at most on Nav1D (the schema's default is 6), measured on the six
 # DDIM cells (BUILD_NOTES, issue #14, "PPO or the Q-gradient per model"): the Diffuser's
