@@ -1,6 +1,7 @@
 """Every config loads, validates, and the main job runs end to end on its smoke variant."""
 import glob
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -65,12 +66,12 @@ class ConfigTest(parameterized.TestCase):
         loop.validate_config(cfg)
 
   def test_planners_without_a_known_model_have_no_dynamics_term(self):
-    for arg in ("diffuser", "dd"):
-      cfg = _load("metaworld.py", arg)
+    for suite, arg in itertools.product(("metaworld.py", "mujoco.py"), ("diffuser", "dd")):
+      cfg = _load(suite, arg)
       self.assertEqual(cfg.align.dynamics_coef, 0.0)
       self.assertEqual(cfg.align.reward, "first" if arg == "dd" else "plan_q")
       # The Diffuser's RL stage is the Q-gradient on every suite (measured on Nav1D and
-      # MetaWorld); DD keeps PPO.
+      # MetaWorld; MuJoCo shares `apply_model`); DD keeps PPO.
       self.assertEqual(cfg.align.rl.method, "qgrad" if arg == "diffuser" else "ppo")
       self.assertEqual(cfg.align.max_chunks, schema.base_config().align.max_chunks)
       loop.validate_config(cfg)
