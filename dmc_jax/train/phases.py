@@ -62,9 +62,12 @@ def row_phase(row) -> int:
   return 3
 
 
-# The pretraining phases do not depend on the ``align`` group: a pretrained workdir can be
-# aligned again with other settings (after removing ``checkpoints/align``).
-PRETRAIN_IGNORED = ("align.",)
+# The pretraining phases do not depend on the ``align`` group, on how the critic's heads are
+# combined (``critic.q_agg``, ``critic.lcb_coef``: selection and alignment rewards only) or on
+# the DDIM sampler's stochasticity (``diffusion.ddim_eta``: sampling only): a pretrained
+# workdir can be evaluated or aligned again with other settings (after removing
+# ``checkpoints/align``).
+PRETRAIN_IGNORED = ("align.", "critic.q_agg", "critic.lcb_coef", "diffusion.ddim_eta")
 
 
 def check_same_config(saved: dict, config, where: str, ignore: tuple = PRETRAIN_IGNORED,
