@@ -124,5 +124,8 @@ def _run(config, workdir, hooks):
   results_lib.write_outputs(workdir, results, hooks)
   print(f"final: return {final['return_mean']:.2f} ± {final['return_std']:.2f} "
         f"(95% CI ± {results['return_ci95']:.2f}, {n_ep} episodes); dataset "
-        f"{results['dataset_return']:.2f}; random {results['random_return']}", flush=True)
+        f"{results['dataset_return']:.2f}; random {results['random_return']}"
+        + ("" if aligned is None else " (the pretrained model under diffusion.* with "
+           f"selection={config.eval.selection}; the aligned rows are the 'alignment' lines)"),
+        flush=True)
   return results

@@ -14,7 +14,7 @@ from configs import nav1d as nav1d_config
 from dmc_jax.critics import iql
 from dmc_jax.data.episodes import Transitions
 from dmc_jax.networks.critic import TwinQ, ValueNet
-from dmc_jax.train import checkpoint, loop
+from dmc_jax.train import checkpoint, loop, phases
 from dmc_jax.train import step as step_lib
 
 
@@ -138,6 +138,21 @@ class ResumeGuardsTest(absltest.TestCase):
       loop.train_and_evaluate(new, wd)
     self.assertEqual(sorted(os.listdir(wd)), before)
     self.assertEqual(json.load(open(os.path.join(wd, "config.json")))["model"]["horizon"], 4)
+
+  def test_sampling_only_keys_do_not_block_a_re_evaluation(self):
+    # How the heads combine and the DDIM eta only change sampling and selection: a pretrained
+    # workdir may be evaluated again with them changed. Anything the critic or the model was
+    # trained with still blocks, and alignment (ignore=()) depends on the head combination.
+    old = json.loads(nav1d_config.get_config("dp,full,smoke").to_json())
+    new = nav1d_config.get_config("dp,full,smoke")
+    new.critic.lcb_coef, new.critic.q_agg, new.diffusion.ddim_eta = 4.0, "min", 1.0
+    phases.check_same_config(old, new, "wd")
+    with self.assertRaisesRegex(checkpoint.CheckpointMismatchError, r"critic.lcb_coef: 1.0"):
+      phases.check_same_config(old, new, "wd", ignore=())
+    new.critic.expectile = 0.5
+    with self.assertRaisesRegex(checkpoint.CheckpointMismatchError,
+                                r"\(critic.expectile: 0.99 \(checkpoint\) vs 0.5 \(now\)\)"):
+      phases.check_same_config(old, new, "wd")
 
 
 if __name__ == "__main__":
