@@ -103,6 +103,9 @@ class ConfigTest(parameterized.TestCase):
       self.assertEqual(tuple(cfg.align.guard_selections), ("argmax",))
       self.assertIn("argmax", cfg.align.eval_selections)
       self.assertEqual(cfg.align.curve_selection, "first")
+      # The guard's paired check needs enough curve episodes to see a fall of `argmax`
+      # (4 let Walker2d's DPO visit through; 8 on both suites, BUILD_NOTES).
+      self.assertEqual(cfg.eval.curve_episodes, 8)
     # Nav1D keeps the schema's guard on the sampler alone (measured there: the argmax guard
     # turns its `first` gains into reverts, BUILD_NOTES "The environment guard can watch...").
     self.assertEqual(tuple(_load("nav1d.py", "dd,partial").align.guard_selections), ())

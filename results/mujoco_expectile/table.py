@@ -4,11 +4,14 @@ DIR holding the runs' folders (results.json, decisions.jsonl; this folder itself
 B = sys.argv[1]
 rows = [("Hopper", "0.99", "first", "offline", "hopper_old"), ("Hopper", "0.9", "first", "offline", "t09_off"),
         ("Hopper", "0.9", "first + argmax", "offline", "hopper_new"),
+        ("Hopper", "0.9", "first + argmax, 8 curve eps", "offline", "hopper_c8"),
         ("Hopper", "0.99", "first", "online", "t099_on"), ("Hopper", "0.9", "first + argmax", "online", "hopper_new_on"),
         ("Walker2d", "0.99", "first", "offline", "walker2d_old"), ("Walker2d", "0.9", "first", "offline", "walker2d_t09"),
         ("Walker2d", "0.9", "first + argmax", "offline", "walker2d_new"),
+        ("Walker2d", "0.9", "first + argmax, 8 curve eps", "offline", "walker2d_c8"),
         ("HalfCheetah", "0.99", "first", "offline", "halfcheetah_old"), ("HalfCheetah", "0.9", "first", "offline", "halfcheetah_t09"),
-        ("HalfCheetah", "0.9", "first + argmax", "offline", "halfcheetah_new")]
+        ("HalfCheetah", "0.9", "first + argmax", "offline", "halfcheetah_new"),
+        ("HalfCheetah", "0.9", "first + argmax, 8 curve eps", "offline", "halfcheetah_c8")]
 print("| task | τ | guard watches | alignment | `first` before → after (95 % CI) | `argmax` before → after (95 % CI) | D4RL `argmax` before → after | reverted | env steps |")
 print("|---|---|---|---|---|---|---|---|---|")
 for task, tau, guard, mode, d in rows:
