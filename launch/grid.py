@@ -12,6 +12,16 @@ the report.
       --override="align.eval_selections=('first','expectation','argmax')"   # the paper's Table 2
   python -m launch.grid --suite=metaworld --models=dp --seed=0,1,2 --workdir=/tmp/mw3
 
+Cells share pretraining (``--share_pretraining``, default on): a cell whose critic or DMC
+would be trained exactly as an earlier cell's was (the same settings but sampling-only and
+alignment keys; samplers of one training family, ``ddpm | ddim | sde | ode``, alike; the
+critic alike across models) starts from a copy of that cell's finished checkpoint, so the
+paper's Table 2 pretrains one Diffuser per dataset for DDPM, DDIM and SDE and one critic for
+all of it (``dmc_jax.train.phases.reuse_pretraining``). Its numbers are the ones it would
+have computed itself; its learning curve has only the final point, and
+``CELL/pretraining_reused.json`` names the source. ``--pretrained_from=ROOT,...`` adds
+other grids' cells as sources.
+
 Each cell (model × dataset × sampler × selection × training seed) is ``launch.train`` on
 ``configs/SUITE.py:MODEL,DATASET`` (a ``:`` in a dataset entry
 becomes a ``,``) in its own workdir under ``--workdir``; finished cells are reused, so the
@@ -29,7 +39,7 @@ import time
 from absl import app, flags
 
 from dmc_jax.eval import report
-from dmc_jax.train import compile_cache, loop
+from dmc_jax.train import compile_cache, loop, phases
 from launch import common
 
 SUITES = {"nav1d": ["partial", "full"],
@@ -49,6 +59,10 @@ SEED = flags.DEFINE_list("seed", ["0"], "training seeds (config.seed; each one i
                          "cell; the report adds mean ± std across seeds)")
 OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE set in every cell's config "
                                       "(a Python literal; empty: an empty tuple)")
+SHARE = flags.DEFINE_bool("share_pretraining", True, "start a cell from an earlier cell's "
+                          "finished critic / DMC checkpoints when they were trained the same way")
+PRETRAINED_FROM = flags.DEFINE_list("pretrained_from", [], "other grid roots (or cell "
+                                    "workdirs) whose finished checkpoints cells may reuse")
 CACHE = flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache "
                             "directory ('off' disables; see dmc_jax.train.compile_cache)")
 
@@ -90,14 +104,37 @@ def cells():
             yield os.path.join(WORKDIR.value, name), c
 
 
+def _cell_dirs(roots):
+  """Each root that is a cell workdir itself, or else the workdirs inside it."""
+  out = []
+  for root in roots:
+    if os.path.isdir(os.path.join(root, "checkpoints")):
+      out.append(root)
+    elif os.path.isdir(root):
+      out += sorted(os.path.join(root, d) for d in os.listdir(root)
+                    if os.path.isdir(os.path.join(root, d, "checkpoints")))
+    else:
+      raise app.UsageError(f"--pretrained_from={root}: no such directory")
+  return out
+
+
 def main(argv):
   del argv
   common.quiet_logs()
   compile_cache.enable(CACHE.value)
   done = []
-  for wd, config in cells():
+  grid = list(cells())
+  sources = [wd for wd, _ in grid] + _cell_dirs(PRETRAINED_FROM.value)
+  for wd, config in grid:
     if not os.path.exists(os.path.join(wd, "results.json")):
       t0 = time.time()
+      if SHARE.value:
+        copied = phases.reuse_pretraining(config, wd, sources)
+        if copied:
+          phases.write_atomic(os.path.join(wd, "pretraining_reused.json"),
+                              json.dumps(copied, indent=1))
+          print(f"{os.path.basename(wd)}: reusing " + ", ".join(
+              f"{k} {v}" for k, v in copied.items()), flush=True)
       loop.train_and_evaluate(config, wd)
       print(f"{os.path.basename(wd)}: {time.time() - t0:.0f} s", flush=True)
     done.append(wd)

@@ -4,6 +4,7 @@ config. Used by pretraining (critic, DMC) and alignment; imports nothing above i
 """
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -64,17 +65,40 @@ def row_phase(row) -> int:
 
 # The pretraining phases do not depend on the ``align`` group, on how the critic's heads are
 # combined (``critic.q_agg``, ``critic.lcb_coef``: selection and alignment rewards only) or on
-# the DDIM sampler's stochasticity (``diffusion.ddim_eta``: sampling only): a pretrained
-# workdir can be evaluated or aligned again with other settings (after removing
+# how the DMC samples (``diffusion.ddim_eta``, ``sample_steps``, ``clip_x0``: sampling only):
+# a pretrained workdir can be evaluated or aligned again with other settings (after removing
 # ``checkpoints/align``).
-PRETRAIN_IGNORED = ("align.", "critic.q_agg", "critic.lcb_coef", "diffusion.ddim_eta")
+PRETRAIN_IGNORED = ("align.", "critic.q_agg", "critic.lcb_coef", "diffusion.ddim_eta",
+                    "diffusion.sample_steps", "diffusion.clip_x0")
+# The critic (IQL on transitions) does not see the DMC: not its network, its diffusion or its
+# optimiser. ``train.parallel`` stays (a mesh changes the float32 sums).
+CRITIC_IGNORED = PRETRAIN_IGNORED + ("model.", "diffusion.", "train.batch_size", "train.lr",
+                                     "train.ema_decay", "train.log_every", "train.eval_every",
+                                     "train.keep_checkpoints")
+# Samplers that train the same network with the same loss (``dmc_jax.models.generator``:
+# ``ddpm | ddim | sde | ode`` the denoising loss, ``flow`` the flow-matching one). A phase
+# checkpoint made with one sampler of a family is the checkpoint every other one would make.
+SAMPLER_FAMILY = {"ddpm": "denoising", "ddim": "denoising", "sde": "denoising",
+                  "ode": "denoising", "flow": "flow"}
+PHASE_IGNORED = {"critic": CRITIC_IGNORED, "dmc": PRETRAIN_IGNORED}
+
+
+def _trained_as(flat: dict) -> dict:
+  """``flat`` with ``diffusion.sampler`` replaced by its training family."""
+  s = flat.get("diffusion.sampler")
+  return dict(flat, **{"diffusion.sampler": SAMPLER_FAMILY.get(s, s)}) if s else flat
 
 
 def check_same_config(saved: dict, config, where: str, ignore: tuple = PRETRAIN_IGNORED,
-                      hint: str = "use another --workdir, or the checkpoint's config") -> None:
-  """A checkpoint made with another config is an error naming the differing keys."""
+                      hint: str = "use another --workdir, or the checkpoint's config",
+                      same_family: bool = False) -> None:
+  """A checkpoint made with another config is an error naming the differing keys.
+  ``same_family``: samplers of one :data:`SAMPLER_FAMILY` count as the same (phase
+  checkpoints: what they hold was trained the same way)."""
   now = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
   old = traverse_util.flatten_dict(saved, sep=".")
+  if same_family:
+    now, old = _trained_as(now), _trained_as(old)
   skip = RESUMABLE_GROUPS + tuple(ignore)
   diff = [k for k in sorted(set(now) | set(old)) if not k.startswith(skip)
           and k not in RESUMABLE_KEYS and now.get(k) != old.get(k)]
@@ -83,6 +107,50 @@ def check_same_config(saved: dict, config, where: str, ignore: tuple = PRETRAIN_
                       for k in diff[:6])
     raise checkpoint.CheckpointMismatchError(
         f"{where} holds a checkpoint made with a different config ({shown}); {hint}")
+
+
+def reuse_pretraining(config, workdir: str, sources) -> dict:
+  """Copies into a fresh ``workdir`` (no ``config.json``, no checkpoints) the *finished*
+  critic and DMC checkpoints of the first workdir in ``sources`` whose phase was trained with
+  the settings ``config`` would train it with (:data:`PHASE_IGNORED`; samplers of one
+  :data:`SAMPLER_FAMILY` alike), so that the job there starts after those phases with the
+  numbers it would have computed itself. Grids over samplers, selections or alignment
+  settings pretrain once per model and dataset, and over models once per critic.
+
+  Returns ``{phase: source step directory}`` of what was copied. Each step is copied under a
+  temporary name and renamed, so a kill leaves either the whole step or none of it.
+  """
+  if (os.path.exists(os.path.join(workdir, "config.json"))
+      or os.path.exists(os.path.join(workdir, "checkpoints"))):
+    return {}
+  totals = {"critic": config.critic.steps, "dmc": config.train.steps}
+  copied = {}
+  for name, total in totals.items():
+    for src in sources:
+      d = os.path.join(src, "checkpoints", name)
+      if os.path.abspath(src) == os.path.abspath(workdir) or not os.path.isdir(
+          os.path.join(d, str(total))):
+        continue
+      ckpt = checkpoint.Checkpointer(d)
+      try:
+        saved = ckpt.restore_meta(total).get("config", {})
+      except Exception:  # noqa: BLE001 - an unreadable source is not reused
+        continue
+      finally:
+        ckpt.close()
+      try:
+        check_same_config(saved, config, d, ignore=PHASE_IGNORED[name], same_family=True)
+      except checkpoint.CheckpointMismatchError:
+        continue
+      dst = os.path.join(workdir, "checkpoints", name)
+      os.makedirs(dst, exist_ok=True)
+      tmp = os.path.join(dst, f".copy-{total}")
+      shutil.rmtree(tmp, ignore_errors=True)
+      shutil.copytree(os.path.join(d, str(total)), tmp)
+      os.rename(tmp, os.path.join(dst, str(total)))
+      copied[name] = os.path.join(d, str(total))
+      break
+  return copied
 
 
 def summarize(metrics, name, done, step) -> dict:
@@ -115,7 +183,8 @@ def run_phase(name: str, workdir: str, config, state, *, total: int, chunk: int,
     restored = ckpt.restore(state)
     start = 0
     if restored is not None:
-      check_same_config(restored.meta.get("config", {}), config, ckpt.directory)
+      check_same_config(restored.meta.get("config", {}), config, ckpt.directory,
+                        ignore=PHASE_IGNORED.get(name, PRETRAIN_IGNORED), same_family=True)
       state, start = restored.tree, restored.step
       print(f"resumed {name} from step {start} ({ckpt.directory})", flush=True)
     if start < total:  # rows this phase (and every later one) will write again
