@@ -81,7 +81,19 @@ def as_run(results: dict, workdir: str) -> dict:
                      "(align.stages=()) or has not finished")
   env, data = split_dataset(results["dataset"])
   return dict(results, workdir=workdir, env=env, data=data, seed=training_seed(workdir),
-              online_start=online_start(workdir), reverted=reverted_visits(workdir))
+              online_start=online_start(workdir), reverted=reverted_visits(workdir),
+              reused=reused_phases(workdir))
+
+
+def reused_phases(workdir) -> list:
+  """The pretraining phases the run started from another cell's checkpoints
+  (``pretraining_reused.json``, written by ``launch.grid``): its wall-clock lacks them."""
+  path = os.path.join(workdir, "pretraining_reused.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    reused = json.load(f)
+  return [p for p in ("critic", "dmc") if p in reused]
 
 
 def training_seed(workdir) -> int:
@@ -134,7 +146,7 @@ def rows_of(runs) -> list:
                   "sampler": r["sampler"], "selection": sel, "seed": r.get("seed", 0),
                   "before": row["before"],
                   "after": row["after"], "cascade": row.get("cascade"),
-                  "time": r.get("wall_clock_s", float("nan")),
+                  "time": r.get("wall_clock_s", float("nan")), "reused": r.get("reused", []),
                   "online_steps": r.get("online_env_steps"),
                   "reverted": r.get("reverted", [])})
   return out
@@ -180,7 +192,8 @@ def detail_table(rows) -> str:
         f"{_ms(b)} | {_after(b, a)} | ± {a['return_ci95']:.2f} | "
         f"{a['return_mean'] - b['return_mean']:+.2f} | {verdict(b, a)} | {b['return_std']:.2f} -> "
         f"{a['return_std']:.2f} | {succ} | {score} | {coh} | {cas} | "
-        f"{', '.join(r['reverted']) or '-'} | {r['time']:.0f} | "
+        f"{', '.join(r['reverted']) or '-'} | {r['time']:.0f}"
+        f"{' (' + ' + '.join(r['reused']) + ' reused)' if r.get('reused') else ''} | "
         f"{'-' if r.get('online_steps') is None else r['online_steps']} |")
   return "\n".join(lines) + "\n"
 

@@ -50,6 +50,8 @@ class ReportTest(absltest.TestCase):
                _row(8.0, 4.0, plan_coherency=0.5), _row(6.0, 5.0, plan_coherency=0.25))
       _workdir(root, "c", "dmc_jax/hopper/ars-v0", "decision_diffuser",
                _row(50.0, 5.0, normalized_score=2.0), _row(60.0, 3.0, normalized_score=2.3))
+      with open(os.path.join(root, "c", "pretraining_reused.json"), "w") as f:
+        json.dump({"critic": "x/checkpoints/critic/30000", "dmc": "x/checkpoints/dmc/4000"}, f)
       os.makedirs(os.path.join(root, "unfinished"))
       dirs = report.find_workdirs([root])
       self.assertLen(dirs, 3)
@@ -79,6 +81,7 @@ class ReportTest(absltest.TestCase):
       self.assertIn("5.00 ± 1.00 (lower)", report.paper_table(
           [dict(rows[0], before=_row(8.0, 1.0), after=_row(5.0, 1.0))]))
       self.assertIn("0.50 -> 0.25 | - | rl (pass 0) | 12 |", text)  # coherency, reverted
+      self.assertIn("| rl (pass 0) | 12 (critic + dmc reused) |", text)  # the Hopper run's
       self.assertIn("2.0 -> 2.3", text)  # normalised score
       self.assertIn("change of the mean return +12.67", text)
       self.assertGreater(os.path.getsize(os.path.join(out, "align_curves.png")), 1000)
