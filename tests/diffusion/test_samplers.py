@@ -163,6 +163,30 @@ class InvariantTest(parameterized.TestCase):
     jitted = jax.jit(sample)(None, jax.random.key(6), self.x_T, eta=0.3)
     chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
 
+  def test_sde_and_ode_on_a_discrete_schedule_stay_on_the_trained_times(self):
+    # A network trained on T discrete levels has seen t in [1/T, 1] only. This denoiser is
+    # the exact one there and NaN below, as an extrapolated network is undefined: the
+    # samplers must never ask it below 1/T (the old t_eps = 1e-3 did) and still reproduce
+    # the target's moments.
+    sched = schedules.make_cosine_schedule(100)
+    exact = oracles.gaussian_denoise_fn(sched, MU, S)
+
+    def trained_range_only(params, x, t, cond=None, cond_mask=None):
+      return jnp.where((t >= 1.0 / 100 - 1e-6)[:, None], exact(params, x, t, cond, cond_mask),
+                       jnp.nan)
+
+    x_T = jax.random.normal(jax.random.key(0), (N, 3))
+    for make, steps in ((sde.make_sde_sampler, 200), (sde.make_ode_sampler, 100)):
+      sample = make(trained_range_only, sched, steps, return_chain=True)
+      self.assertAlmostEqual(float(sample.times.min()), 0.01, places=6)
+      out = jax.jit(sample)(None, jax.random.key(1), x_T)
+      mean, var = _moments(out.x_0)
+      np.testing.assert_allclose(mean, MU, atol=0.03)
+      np.testing.assert_allclose(var, S ** 2, rtol=0.1)
+    # A continuous VP keeps Song et al.'s 1e-3.
+    self.assertAlmostEqual(float(sde.make_sde_sampler(
+        exact, schedules.ContinuousVP(), 10).times.min()), 1e-3, places=6)
+
   def test_sde_uses_its_noise_and_ode_does_not(self):
     s = jax.jit(sde.make_sde_sampler(self.fn, self.sched, 20))
     o = jax.jit(sde.make_ode_sampler(self.fn, self.sched, 20))
