@@ -128,8 +128,7 @@ def reuse_pretraining(config, workdir: str, sources) -> dict:
   for name, total in totals.items():
     for src in sources:
       d = os.path.join(src, "checkpoints", name)
-      if os.path.abspath(src) == os.path.abspath(workdir) or not os.path.isdir(
-          os.path.join(d, str(total))):
+      if not os.path.isdir(os.path.join(d, str(total))):  # (workdir itself has none)
         continue
       ckpt = checkpoint.Checkpointer(d)
       try:
