@@ -21,15 +21,17 @@ from dmc_jax.models import policy as policy_lib
 from dmc_jax import placement
 
 
-def make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn, num_candidates=None):
-  """The deployed policy of ``config.eval`` (selection over ``num_candidates``, default
-  ``eval.num_candidates``), heads combined as ``config.critic`` says: the ``act`` the
-  evaluators and online fine-tuning roll out."""
+def make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn, num_candidates=None,
+             selection=None):
+  """The deployed policy of ``config.eval`` (``selection``, default ``eval.selection``, over
+  ``num_candidates``, default ``eval.num_candidates``; one for ``first``), heads combined as
+  ``config.critic`` says: the ``act`` the evaluators and online fine-tuning roll out."""
   e = config.eval
+  selection = selection or e.selection
+  if num_candidates is None:
+    num_candidates = 1 if selection == "first" else e.num_candidates
   return policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
-                                selection=e.selection,
-                                num_candidates=e.num_candidates if num_candidates is None
-                                else num_candidates,
+                                selection=selection, num_candidates=num_candidates,
                                 q_fn=q_fn, v_fn=v_fn, temperature=e.temperature,
                                 expectile=config.critic.expectile,
                                 q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef)
@@ -40,8 +42,7 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
   of floats, and per-episode arrays (``return``; ``success`` where the env reports it), in the
   order of the episode seeds drawn from ``key`` (jit inside). ``first`` (the sampler alone)
   draws one candidate: the first of ``eval.num_candidates`` has the same distribution."""
-  act = make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn,
-                 num_candidates=1 if config.eval.selection == "first" else None)
+  act = make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn)
   if config.task != "nav1d":
     return _gym_evaluator(config, dmc, act, env_info)
   env_params = nav1d.make_params(config.env.task_seed, config.env.horizon, config.env.step_size)

@@ -129,7 +129,7 @@ class _Online:
     run = rollout_lib.make_rollout(nav1d.reset, nav1d.step, env_params,
                                    max_steps=config.env.horizon,
                                    act_fn=evaluators.make_act(config, dmc, obs_norm, act_norm,
-                                                              q_fn, v_fn),
+                                                              q_fn, v_fn, selection=o.selection),
                                    history=dmc.history, execute_steps=dmc.execute_steps)
 
     def collect(params, critic_params, key, buf):
@@ -164,7 +164,8 @@ class _GymOnline:
     import gymnasium as gym
     registry.register_all()
     o = config.align.online
-    act = jax.jit(evaluators.make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn))
+    act = jax.jit(evaluators.make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn,
+                                      selection=o.selection))
     add = jax.jit(replay.add)
     spec = env_info["env_spec"]
 

@@ -172,6 +172,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.online.critic_steps = 50  # IQL steps after every chunk (half online data)
   c.align.online.capacity = 20000  # online transitions kept
   c.align.online.mix = 0.5  # share of each critic batch drawn from the online buffer
+  # Selection of the online roll-outs: "" = the deployed eval.selection; softmax / expectile
+  # sample among the candidates by the critic (IDQL), first = the sampler alone
+  c.align.online.selection = ""
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_episodes = 64  # episode seeds of the final evaluation

@@ -263,6 +263,9 @@ def validate_align(config, num_sampling_steps: int) -> None:
   for key in ("episodes", "critic_steps", "capacity"):
     if not (isinstance(a.online[key], int) and a.online[key] >= 1):
       bad(f"online.{key}", a.online[key], "a positive integer")
+  if a.online.selection and a.online.selection not in sel.SELECTIONS:
+    bad("online.selection", a.online.selection,
+        f"'' (the deployed eval.selection) or one of {sel.SELECTIONS}")
   if a.reward not in rewards.KINDS:
     bad("reward", a.reward, f"one of {rewards.KINDS}")
   planner = config.model.kind != "diffusion_policy"

@@ -178,6 +178,43 @@ class AlignJobTest(absltest.TestCase):
     self.assertIn("environment argmax/return fell", decisions[1]["reason"])
 
 
+class OnlineSelectionTest(absltest.TestCase):
+
+  def test_online_rollouts_use_the_configured_selection(self):
+    """``align.online.selection``: '' rolls out the deployed ``eval.selection`` (argmax),
+    ``first`` the sampler alone. A critic that prefers actions near 0.7 tells them apart."""
+    import jax
+    import jax.numpy as jnp
+    from dmc_jax.data import episodes as ep_lib
+    from dmc_jax.data import replay
+    from dmc_jax.envs import nav1d
+    from dmc_jax.train import builders
+
+    c = smoke(online__enabled=True, online__episodes=4)
+    self.assertEqual(c.eval.selection, "argmax")
+    dmc = builders.make_dmc(c, nav1d.OBS_DIM, nav1d.ACT_DIM)
+    params = jax.jit(dmc.init)(jax.random.PRNGKey(0))
+    ident = lambda d: ep_lib.Normalizer(jnp.zeros(d), jnp.ones(d))
+    q_fn = lambda qp, obs, act: -((act[:, 0] - 0.7) ** 2)[None]  # one head
+    v_fn = lambda vp, obs: jnp.zeros(obs.shape[0])
+
+    def collect(selection):
+      c.align.online.selection = selection
+      online = align_lib._Online(c, dmc, ident(nav1d.OBS_DIM), ident(nav1d.ACT_DIM), q_fn,
+                                 v_fn, None)
+      buf = replay.init(4096, nav1d.OBS_DIM, nav1d.ACT_DIM)
+      buf, _ = online.collect(params, (None, None), jax.random.PRNGKey(1), buf)
+      return np.asarray(buf["actions"][:int(buf["size"])])
+
+    deployed, argmax, first = collect(""), collect("argmax"), collect("first")
+    self.assertGreater(len(first), 0)
+    np.testing.assert_array_equal(deployed, argmax)
+    # argmax picks the candidate nearest 0.7 of c.eval.num_candidates; first does not.
+    self.assertLess(np.mean(np.abs(argmax - 0.7)), 0.8 * np.mean(np.abs(first - 0.7)))
+    with self.assertRaisesRegex(ValueError, r"align.online.selection='best'.*eval.selection"):
+      validation.validate_config(smoke(online__enabled=True, online__selection="best"))
+
+
 class AlignConfigTest(absltest.TestCase):
 
   def check(self, message, **align):
