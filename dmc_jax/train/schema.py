@@ -172,9 +172,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.online.critic_steps = 50  # IQL steps after every chunk (half online data)
   c.align.online.capacity = 20000  # online transitions kept
   c.align.online.mix = 0.5  # share of each critic batch drawn from the online buffer
-  # Selection of the online roll-outs: "" = the deployed eval.selection; softmax / expectile
-  # sample among the candidates by the critic (IDQL), first = the sampler alone
-  c.align.online.selection = ""
+  # Selection of the online roll-outs over the evaluator's candidates: softmax samples by the
+  # critic (IDQL's softmax(eval.temperature * (Q - V)), chosen by measurement over argmax and
+  # first: BUILD_NOTES "Online roll-outs that explore"); "" = the deployed eval.selection
+  c.align.online.selection = "softmax"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_episodes = 64  # episode seeds of the final evaluation
