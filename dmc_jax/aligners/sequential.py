@@ -228,7 +228,9 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
            "reward": reward, "best_before": s.best, "loss": loss, "nonfinite": nonfinite}
   reason = collapse_reason(cfg, s, reward, loss, nonfinite, values)
   if reason is not None:
-    if s.rollbacks < cfg.max_rollbacks:
+    # A rolled-back chunk counts against the visit's budget: at ``max_chunks`` the visit
+    # moves on (from its best adapters) instead of running another chunk.
+    if s.rollbacks < cfg.max_rollbacks and s.chunk + 1 < cfg.max_chunks:
       new = _decayed(cfg, dataclasses.replace(s, chunk=s.chunk + 1,
                                               rollbacks=s.rollbacks + 1,
                                               total_rollbacks=s.total_rollbacks + 1))
@@ -236,9 +238,10 @@ def decide(cfg: SchedulerConfig, s: SchedulerState, *, reward: float, loss: floa
                        lr_scale=lr_scale(cfg, new))
     new = _advance(cfg, dataclasses.replace(s, total_rollbacks=s.total_rollbacks + 1))
     action = "finish" if new.done else "advance"
+    why = (f"{cfg.max_rollbacks} rollbacks already" if s.rollbacks >= cfg.max_rollbacks
+           else f"max_chunks={cfg.max_chunks} reached")
     return new, dict(where, action=action, rollback=True,
-                     reason=f"{reason}; {cfg.max_rollbacks} rollbacks already, moving on "
-                            "from the visit's best adapters")
+                     reason=f"{reason}; {why}, moving on from the visit's best adapters")
   # The visit's first good chunk resets the plateau count whatever its reward (it passed the
   # drop test above): the first chunk of a visit spends itself on leaving the start (PPO's
   # first chunk dips a little, within the drop margin, before it climbs), and counting it as

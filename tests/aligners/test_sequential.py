@@ -82,6 +82,27 @@ class SchedulerTest(absltest.TestCase):
     self.assertEqual(n, 20)
     self.assertEqual(d["action"], "finish")
 
+  def test_a_rollback_at_the_budget_moves_on_instead_of_running_past_it(self):
+    """A visit runs at most ``max_chunks`` chunks, rolled-back ones included: a collapse on
+    the last budgeted chunk moves on (from the best adapters) rather than rolling back into
+    one more chunk."""
+    s = seq.init_state(1.0)
+    for r in (1.0, 2.0, 3.0, 4.0):
+      s, d = seq.decide(self.cfg, s, reward=r, loss=1.0)
+    s, d = seq.decide(self.cfg, s, reward=-5.0, loss=1.0)  # chunk 5 of max_chunks 5
+    self.assertEqual((d["chunk"], d["action"]), (5, "advance"))
+    self.assertTrue(d["rollback"])
+    self.assertIn("max_chunks=5 reached", d["reason"])
+    self.assertEqual((s.stage_idx, s.chunk, s.total_rollbacks), (1, 0, 1))
+    # Whatever the rewards, no decision is taken on a chunk beyond the budget.
+    rng = np.random.default_rng(0)
+    s, chunks = seq.init_state(1.0), []
+    while not s.done:
+      r = float(rng.normal()) if rng.random() < 0.7 else -50.0
+      s, d = seq.decide(self.cfg, s, reward=r, loss=1.0)
+      chunks.append(d["chunk"])
+    self.assertLessEqual(max(chunks), self.cfg.max_chunks)
+
   def test_rolls_back_on_nan_and_lowers_the_learning_rate(self):
     s = seq.init_state(1.0)
     s, _ = seq.decide(self.cfg, s, reward=1.0, loss=1.0)
@@ -100,7 +121,7 @@ class SchedulerTest(absltest.TestCase):
 
   def test_a_rollback_decays_its_own_stages_learning_rate(self):
     def run(scope):
-      cfg = seq.SchedulerConfig(stages=("rl", "dpo"), passes=2, min_chunks=1, max_chunks=2,
+      cfg = seq.SchedulerConfig(stages=("rl", "dpo"), passes=2, min_chunks=1, max_chunks=3,
                                 patience=1, lr_decay=0.5, lr_decay_scope=scope)
       s, seen = seq.init_state(1.0), []
       s, _ = seq.decide(cfg, s, reward=1.0, loss=1.0)
