@@ -28,40 +28,17 @@ several hours.
 """
 from absl import app, flags
 
-from dmc_jax.train import compile_cache
-from launch import common, gridlib
+from launch import grid_flags, gridlib
 
-WORKDIR = flags.DEFINE_string("workdir", None, "root of the per-cell workdirs", required=True)
 TABLE = flags.DEFINE_list("table", list(gridlib.TABLES), "which of the paper's tables: 2, 3")
 DATASETS = flags.DEFINE_list("datasets", ["partial", "full", "expert"], "Nav1D datasets")
-SEED = flags.DEFINE_list("seed", ["0"], "training seeds (each one is its own cell; the report "
-                         "adds mean ± std across seeds)")
-OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE set in every cell's config "
-                                      "(a Python literal; empty: an empty tuple)")
-SHARE = flags.DEFINE_bool("share_pretraining", True, "start a cell from an earlier cell's "
-                          "finished critic / DMC checkpoints when they were trained the same way")
-PRETRAINED_FROM = flags.DEFINE_list("pretrained_from", [], "other grid roots (or cell "
-                                    "workdirs) whose finished checkpoints cells may reuse")
-DRY_RUN = flags.DEFINE_bool("dry_run", False, "print the cells and which of them train the "
-                            "critic and the DMC (the others reuse them), and stop")
-CACHE = flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache "
-                            "directory ('off' disables; see dmc_jax.train.compile_cache)")
 
 
 def main(argv):
   del argv
-  common.quiet_logs()
-  try:
-    cells, title = gridlib.table_cells(WORKDIR.value, TABLE.value, DATASETS.value,
-                                       SEED.value, OVERRIDES.value)
-    if DRY_RUN.value:
-      print(gridlib.plan_text(cells))
-      return
-    compile_cache.enable(CACHE.value)
-    print(gridlib.run(cells, WORKDIR.value, title, share=SHARE.value,
-                      pretrained_from=PRETRAINED_FROM.value))
-  except gridlib.GridError as e:
-    raise app.UsageError(str(e)) from e
+  f = grid_flags
+  grid_flags.main(lambda: gridlib.table_cells(f.WORKDIR.value, TABLE.value, DATASETS.value,
+                                              f.SEED.value, f.OVERRIDES.value))
 
 
 if __name__ == "__main__":

@@ -35,12 +35,10 @@ seed paper's Tables 2-3) and ``WORKDIR/align_curves.png``.
 """
 from absl import app, flags
 
-from dmc_jax.train import compile_cache
-from launch import common, gridlib
+from launch import grid_flags, gridlib
 
 SUITES = gridlib.SUITES
 
-WORKDIR = flags.DEFINE_string("workdir", None, "root of the per-cell workdirs", required=True)
 SUITE = flags.DEFINE_enum("suite", "nav1d", list(SUITES), "config file configs/SUITE.py")
 MODELS = flags.DEFINE_list("models", ["diffuser", "dd", "dp"], "models to run")
 DATASETS = flags.DEFINE_list("datasets", None, "dataset entries (default: the suite's)")
@@ -48,43 +46,20 @@ SELECTIONS = flags.DEFINE_list("selections", None, "eval.selection of the cells 
                                "the config's; each one is its own cell)")
 SAMPLER = flags.DEFINE_list("sampler", ["ddim"], "diffusion samplers (each one is its own "
                             "cell): ddpm, ddim, sde, flow")
-SEED = flags.DEFINE_list("seed", ["0"], "training seeds (config.seed; each one is its own "
-                         "cell; the report adds mean ± std across seeds)")
-OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE set in every cell's config "
-                                      "(a Python literal; empty: an empty tuple)")
-SHARE = flags.DEFINE_bool("share_pretraining", True, "start a cell from an earlier cell's "
-                          "finished critic / DMC checkpoints when they were trained the same way")
-PRETRAINED_FROM = flags.DEFINE_list("pretrained_from", [], "other grid roots (or cell "
-                                    "workdirs) whose finished checkpoints cells may reuse")
-DRY_RUN = flags.DEFINE_bool("dry_run", False, "print the cells and which of them train the "
-                            "critic and the DMC (the others reuse them), and stop")
-CACHE = flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache "
-                            "directory ('off' disables; see dmc_jax.train.compile_cache)")
 
 
 def cells():
-  """``(workdir, config)`` of every cell of the flags' grid."""
-  try:
-    return gridlib.make_cells(WORKDIR.value, SUITE.value, DATASETS.value,
-                              [(m, SAMPLER.value) for m in MODELS.value], SELECTIONS.value,
-                              SEED.value, OVERRIDES.value)
-  except gridlib.GridError as e:
-    raise app.UsageError(str(e)) from e
+  """``(cells, title)`` of the flags' grid: ``[(workdir, config)]`` for every cell."""
+  f = grid_flags
+  return (gridlib.make_cells(f.WORKDIR.value, SUITE.value, DATASETS.value,
+                             [(m, SAMPLER.value) for m in MODELS.value], SELECTIONS.value,
+                             f.SEED.value, f.OVERRIDES.value),
+          f"{SUITE.value} alignment results")
 
 
 def main(argv):
   del argv
-  common.quiet_logs()
-  grid = cells()
-  if DRY_RUN.value:
-    print(gridlib.plan_text(grid))
-    return
-  compile_cache.enable(CACHE.value)
-  try:
-    print(gridlib.run(grid, WORKDIR.value, f"{SUITE.value} alignment results",
-                      share=SHARE.value, pretrained_from=PRETRAINED_FROM.value))
-  except gridlib.GridError as e:
-    raise app.UsageError(str(e)) from e
+  grid_flags.main(cells)
 
 
 if __name__ == "__main__":
