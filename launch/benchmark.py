@@ -48,7 +48,9 @@ flags.DEFINE_integer("repeats", 5, "Timed calls per figure (median reported).")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_list("align_models", ["dp", "diffuser"], "align case: Nav1D models (default "
                   "config sizes) whose aligners are timed.")
-flags.DEFINE_list("align_stages", ["rl", "dpo", "sft"], "align case: aligners timed.")
+flags.DEFINE_list("align_stages", ["rl", "dpo", "sft"],
+                  "align case: aligners timed; `rl` uses the model's default RL method, "
+                  "`rl:METHOD` (ppo, reinforce, qgrad) a given one.")
 flags.DEFINE_integer("align_chunk", 5, "align case: updates per compiled chunk (timed).")
 flags.DEFINE_list("e2e_configs", ["configs/default.py", "configs/nav1d_diffuser.py:full"],
                   "e2e case: configs of the whole jobs timed (launch.train, cold cache).")
@@ -222,6 +224,17 @@ def _nav1d_critic(c):
                       v_mod.init(jax.random.key(2), o)["params"])
 
 
+def parse_align_stage(stage: str) -> tuple:
+  """``--align_stages`` entry -> ``(aligner, rl method or "")``: ``rl`` (the model's default
+  method), ``rl:ppo`` / ``rl:reinforce`` / ``rl:qgrad``, ``dpo``, ``sft``."""
+  name, _, method = stage.partition(":")
+  if name not in ("rl", "dpo", "sft") or (method and (
+      name != "rl" or method not in ("ppo", "reinforce", "qgrad"))):
+    raise ValueError(f"--align_stages: unknown aligner {stage!r} (rl, rl:ppo, rl:reinforce, "
+                     "rl:qgrad, dpo, sft)")
+  return name, method
+
+
 def run_align(repeats):
   """Seconds per alignment update (one compiled chunk of ``--align_chunk`` updates, timed
   whole) for every aligner in ``--align_stages`` and model in ``--align_models``."""
@@ -231,22 +244,26 @@ def run_align(repeats):
   obs_dim, act_dim = nav1d.OBS_DIM, nav1d.ACT_DIM
   res, n_params = {}, 0
   for model in FLAGS.align_models:
-    c = nav1d_config.get_config(f"{model},full")
-    c.diffusion.clip_x0 = 1.0  # the job resolves the auto clip from the data; none here
-    dmc = builders.make_dmc(c, obs_dim, act_dim)
-    params = dmc.init(jax.random.key(0))
-    n_params = max(n_params, networks.param_count(params))
-    q_fn, v_fn, critic = _nav1d_critic(c)
-    deployed = builders.deployed_dmc(c, dmc)
-    reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn)
-    shape = (c.align.batch_size, dmc.history, obs_dim)
-    batch_fn = lambda u, aux, shape=shape: {"hist": aux * jax.random.uniform(
-        jax.random.fold_in(jax.random.key(5), u), shape, minval=-1.0, maxval=1.0)}
-    n = FLAGS.align_chunk
-    for name in FLAGS.align_stages:
+    for stage in FLAGS.align_stages:
+      name, method = parse_align_stage(stage)
+      c = nav1d_config.get_config(f"{model},full")
+      c.diffusion.clip_x0 = 1.0  # the job resolves the auto clip from the data; none here
+      if method:  # the deployed sampler follows the RL method (PPO deploys the noisy chain)
+        c.align.rl.method = method
+      dmc = builders.make_dmc(c, obs_dim, act_dim)
+      params = dmc.init(jax.random.key(0))
+      n_params = max(n_params, networks.param_count(params))
+      q_fn, v_fn, critic = _nav1d_critic(c)
+      deployed = builders.deployed_dmc(c, dmc)
+      reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn)
+      shape = (c.align.batch_size, dmc.history, obs_dim)
+      batch_fn = lambda u, aux, shape=shape: {"hist": aux * jax.random.uniform(
+          jax.random.fold_in(jax.random.key(5), u), shape, minval=-1.0, maxval=1.0)}
+      n = FLAGS.align_chunk
       aligner, _ = align_lib.build_aligner(c, name, deployed, reward, 0, None)
       chunk, _ = sharding.parallelize_chunk(
-          lambda ax: align_lib.build_aligner(c, name, deployed, reward, 0, ax)[0].update,
+          lambda ax, c=c, name=name, deployed=deployed, reward=reward:
+          align_lib.build_aligner(c, name, deployed, reward, 0, ax)[0].update,
           "none", batch_fn, n)
       state = aligner.init(jax.random.key(3), params)
       args = [params, critic, jax.random.key(4), np.int32(0), np.float32(1.0)]
@@ -258,8 +275,9 @@ def run_align(repeats):
         t0 = time.perf_counter()
         state, _ = _block(chunk(state, *args[:3], np.int32((r + 1) * n), args[4]))
         times.append((time.perf_counter() - t0) / n)
-      res[f"align/{model}/{name}"] = (compile_s - statistics.median(times) * n,
-                                      statistics.median(times), 0.0)
+      label = name if name != "rl" else f"rl:{c.align.rl.method}"
+      res[f"align/{model}/{label}"] = (compile_s - statistics.median(times) * n,
+                                       statistics.median(times), 0.0)
   return n_params, res
 
 
@@ -514,6 +532,10 @@ def main(argv):
   unknown = set(FLAGS.cases) - set(RUNNERS)
   if unknown:
     raise app.UsageError(f"--cases: unknown {sorted(unknown)}; choose from {sorted(RUNNERS)}")
+  try:
+    [parse_align_stage(s) for s in FLAGS.align_stages]
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   peak = matmul_peak()
   results = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
              "jax": jax.__version__, "matmul_peak_gflops": peak / 1e9, "params": {}, "cases": {}}
