@@ -95,14 +95,14 @@ class ReportTest(absltest.TestCase):
         (row(10.0, 5.0, 1.0), row(20.0, 1.0, 0.5)),   # higher beyond the CIs
         (row(10.0, 4.0, 1.0), row(8.5, 2.0, 1.0)),    # below the before-CI, CIs overlap
         (row(10.0, 2.0, 1.0), row(6.0, 3.0, 1.0)),    # lower beyond the CIs
-        (row(20.0, 2.0, 0.5), row(20.2, 2.0, 0.5))]   # argmax: same
+        (row(20.0, 2.0, 0.5), row(20.7, 2.0, 0.5))]   # argmax: above the before-CI, overlap
     rows = [dict(data="full", env="Nav1D", selection="argmax" if i == 3 else "first",
                  before=b, after=a) for i, (b, a) in enumerate(cells)]
     groups = report.selection_groups(rows)
     self.assertEqual(list(groups), [("full", "Nav1D", "argmax"), ("full", "Nav1D", "first")])
     st = report.selection_stats(groups[("full", "Nav1D", "first")])
     self.assertEqual((st["cells"], st["higher_beyond_ci"], st["lower_beyond_ci"],
-                      st["below_before_ci"]), (3, 1, 1, 2))
+                      st["above_before_ci"], st["below_before_ci"]), (3, 1, 1, 1, 2))
     self.assertAlmostEqual(st["return_change"], np.mean([10.0, -1.5, -4.0]))
     self.assertAlmostEqual(st["spread_before_pct"], np.mean([50.0, 40.0, 20.0]))
     self.assertAlmostEqual(st["spread_after_pct"], np.mean([5.0, 100 * 2.0 / 8.5, 50.0]))
@@ -110,11 +110,13 @@ class ReportTest(absltest.TestCase):
     swapped = report.selection_stats([dict(r, before=r["after"], after=r["before"])
                                       for r in groups[("full", "Nav1D", "first")]])
     self.assertEqual((swapped["higher_beyond_ci"], swapped["lower_beyond_ci"]), (1, 1))
-    self.assertEqual(swapped["below_before_ci"], 1)
+    self.assertEqual((swapped["above_before_ci"], swapped["below_before_ci"]), (2, 1))
     self.assertAlmostEqual(swapped["spread_before_pct"], st["spread_after_pct"])
     table = report.selection_table(rows)
-    self.assertIn("| full | Nav1D | first | 3 | 1 | 1 | 2 | +1.50 | 36.7 % -> 26.2 % |", table)
-    self.assertIn("| full | Nav1D | argmax | 1 | 0 | 0 | 0 | +0.20 | 10.0 % -> 9.9 % |", table)
+    self.assertIn("| full | Nav1D | first | 3 | 1 | 1 | 1 | 2 | +1.50 | 36.7 % -> 26.2 % |",
+                  table)
+    self.assertIn("| full | Nav1D | argmax | 1 | 0 | 0 | 1 | 0 | +0.70 | 10.0 % -> 9.7 % |",
+                  table)
 
   def test_grid_reuses_finished_cells_and_reports(self):
     root_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
