@@ -27,6 +27,7 @@ from dmc_jax.envs import nav1d
 from dmc_jax.envs import registry
 from dmc_jax.eval import evaluators, gym_rollout
 from dmc_jax.eval import rollout as rollout_lib
+from dmc_jax.models import dynamics as dynamics_lib
 from dmc_jax.networks import lora as lora_lib
 from dmc_jax.train import builders, checkpoint
 from dmc_jax.train import hooks as hooks_lib
@@ -83,15 +84,41 @@ def stage_lr(config, name: str) -> float:
   return float(config.align[name].lr)
 
 
-def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None):
+def known_dynamics(config) -> bool:
+  """Whether the dynamics term uses the task's own model (``align.dynamics_model``; ``auto``
+  picks the known one where the task has it: Nav1D)."""
+  m = config.align.dynamics_model
+  return m == "known" or (m == "auto" and config.task == "nav1d")
+
+
+def fit_dynamics(config, trans_n, key, obs_norm, act_norm):
+  """The learned dynamics term's ``dynamics_error`` (:mod:`dmc_jax.models.dynamics`), fitted
+  on the normalised dataset transitions with ``key``; prints its held-out error."""
+  fitted = dynamics_lib.fit(key, trans_n.obs, trans_n.actions, trans_n.next_obs,
+                            steps=config.align.dynamics_steps,
+                            batch_size=config.critic.batch_size)
+  print(f"learned dynamics model: held-out mean |error| {fitted.val_error:.4f} per normalised "
+        f"dimension (s' = s: {fitted.static_error:.4f})", flush=True)
+  return dynamics_lib.make_error_fn(fitted, obs_norm, act_norm)
+
+
+def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None,
+                   learned_dynamics=None):
   """The alignment reward of ``align.reward`` with the critic heads combined by
-  ``critic.q_agg`` (see :mod:`dmc_jax.aligners.rewards`)."""
+  ``critic.q_agg`` (see :mod:`dmc_jax.aligners.rewards`). ``learned_dynamics``: the
+  :func:`fit_dynamics` error of a learned model, needed when ``align.dynamics_coef > 0`` on
+  a task without a known one."""
   a = config.align
   dyn = None
-  if a.dynamics_coef:
+  if a.dynamics_coef and known_dynamics(config):
     env_params = nav1d.make_params(config.env.task_seed, config.env.horizon,
                                    config.env.step_size)
     dyn = lambda o, u, n: nav1d.plan_dynamics_error(env_params, o, u, n)
+  elif a.dynamics_coef:
+    if learned_dynamics is None:
+      raise ValueError("align.dynamics_coef > 0 with a learned dynamics model: pass "
+                       "learned_dynamics (align.fit_dynamics)")
+    dyn = learned_dynamics
   return rewards.make_reward(dmc.sampling, q_fn, v_fn, kind=a.reward,
                              q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef,
                              discount=config.critic.discount, dynamics_error=dyn,
@@ -207,7 +234,11 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
   hooks.at("align:start")
   sched_cfg = scheduler_config(config)
   dmc = builders.deployed_dmc(config, dmc)
-  reward_fn = make_reward_fn(config, dmc, q_fn, v_fn, obs_norm, act_norm)
+  learned = None
+  if a.dynamics_coef and not known_dynamics(config):  # fitted again on a resume: deterministic
+    learned = fit_dynamics(config, trans_n, jax.random.fold_in(key, keys_lib.DYNAMICS),
+                           obs_norm, act_norm)
+  reward_fn = make_reward_fn(config, dmc, q_fn, v_fn, obs_norm, act_norm, learned)
   scale = lora_lib.lora_scale(a.lora_rank, a.lora_alpha)
   k_init, k_upd, k_ctx, k_track, k_curve, k_online = keys_lib.align_keys(key)
   # Held-out contexts of the tracked reward: fixed for the whole run.

@@ -13,6 +13,7 @@ ALIGN = 0x616C69  # the alignment's base key, from the job key ("ali")
 CASCADE = 7  # the cascade's key, from the alignment key
 CASCADE_CONTEXTS = 10_000_000  # the cascade's contexts: the alignment's stream from here on
 ONLINE_CRITIC = 1 << 30  # the online critic updates, from the online stream
+DYNAMICS = 0x64796E  # the learned dynamics model's fit, from the alignment key ("dyn")
 # fold_in indices of the evaluation stream
 EVAL_FINAL = 0  # the final evaluation (and the reference of results.json)
 EVAL_RANDOM = 1  # the random-policy baseline

@@ -116,7 +116,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.align.reward = "plan_q"  # first | plan_q | plan_return_v (planners; a DP that executes
   # one action has no plan: every kind is Q of that action; configs/nav1d.apply_model sets
   # `first` for Decision Diffuser, measured better for it, BUILD_NOTES issue #14)
-  c.align.dynamics_coef = 0.0  # planners on Nav1D: penalty x mean |T(s, a) - s'| of the plan
+  c.align.dynamics_coef = 0.0  # planners: penalty x mean |T(s, a) - s'| of the plan
+  # The model T of that penalty: known (Nav1D's own dynamics) | learned (an MLP fitted on the
+  # dataset's transitions when alignment starts, models/dynamics.py) | auto (known where
+  # the task has one, else learned).
+  c.align.dynamics_model = "auto"
+  c.align.dynamics_steps = 5000  # Adam steps of the learned model's fit (batch critic.batch_size)
   # (get_config sets NAV1D_PLANNER_DYNAMICS_COEF for Nav1D planners; no model elsewhere)
   c.align.deploy_sampler = "rl"  # rl: align and evaluate with the RL stage's stochastic
   # sampler (the policy optimised is the policy deployed) | config: diffusion.ddim_eta (the

@@ -25,6 +25,7 @@ from dmc_jax.train.schema import check_schema
 
 STAGES = ("rl", "dpo", "sft")
 DEPLOY_SAMPLERS = ("rl", "config")
+DYNAMICS_MODELS = ("auto", "known", "learned")
 CASCADE_MODES = cascade_lib.MODES
 
 
@@ -274,9 +275,16 @@ def validate_align(config, num_sampling_steps: int) -> None:
         f"{config.model.execute_steps} actions (it plans no states to score the rest with)")
   if a.dynamics_coef < 0:
     bad("dynamics_coef", a.dynamics_coef, "a non-negative number")
-  if a.dynamics_coef > 0 and not (planner and config.task == "nav1d"):
-    bad("dynamics_coef", a.dynamics_coef, "0 unless a planner runs on Nav1D (the only task "
-        "with a known dynamics model here)")
+  if a.dynamics_model not in DYNAMICS_MODELS:
+    bad("dynamics_model", a.dynamics_model, f"one of {DYNAMICS_MODELS}")
+  if a.dynamics_coef > 0 and not planner:
+    bad("dynamics_coef", a.dynamics_coef, "0 for a diffusion policy (it plans no states "
+        "whose dynamics could be checked)")
+  if a.dynamics_coef > 0 and a.dynamics_model == "known" and config.task != "nav1d":
+    bad("dynamics_model", a.dynamics_model, "'learned' or 'auto' on this task (Nav1D is the "
+        "only task with a known dynamics model here)")
+  if not (isinstance(a.dynamics_steps, int) and a.dynamics_steps >= 1):
+    bad("dynamics_steps", a.dynamics_steps, "a positive integer")
   if a.deploy_sampler not in DEPLOY_SAMPLERS:
     bad("deploy_sampler", a.deploy_sampler, f"one of {DEPLOY_SAMPLERS}")
   if not (isinstance(a.rl.last_k, int) and 0 <= a.rl.last_k < num_sampling_steps):
