@@ -240,6 +240,7 @@ def run_align(repeats):
   whole) for every aligner in ``--align_stages`` and model in ``--align_models``."""
   from configs import nav1d as nav1d_config
   from dmc_jax.envs import nav1d
+  from dmc_jax.data import episodes
   from dmc_jax.train import align as align_lib, builders, sharding
   obs_dim, act_dim = nav1d.OBS_DIM, nav1d.ACT_DIM
   res, n_params = {}, 0
@@ -255,7 +256,10 @@ def run_align(repeats):
       n_params = max(n_params, networks.param_count(params))
       q_fn, v_fn, critic = _nav1d_critic(c)
       deployed = builders.deployed_dmc(c, dmc)
-      reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn)
+      # Identity normalisers: the planners' dynamics term reads the plan in env units.
+      ident = lambda d: episodes.Normalizer(jnp.zeros(d), jnp.ones(d))
+      reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn, ident(obs_dim),
+                                        ident(act_dim))
       shape = (c.align.batch_size, dmc.history, obs_dim)
       batch_fn = lambda u, aux, shape=shape: {"hist": aux * jax.random.uniform(
           jax.random.fold_in(jax.random.key(5), u), shape, minval=-1.0, maxval=1.0)}
