@@ -38,7 +38,8 @@ class LearnedDynamicsTest(absltest.TestCase):
     cls.act_norm = fit_normalizer(act, "minmax")
     n = lambda x, norm: np.asarray(norm.normalize(x))
     cls.fit = dynamics.fit(jax.random.key(1), n(obs, cls.obs_norm), n(act, cls.act_norm),
-                           n(nxt, cls.obs_norm), steps=3000, batch_size=256)
+                           n(nxt, cls.obs_norm), steps=3000, batch_size=256,
+                           hidden=(128, 128))
 
   def test_held_out_error_is_far_below_the_static_prediction(self):
     self.assertLess(self.fit.val_error, 0.1 * self.fit.static_error)
