@@ -7,6 +7,7 @@ from absl.testing import absltest
 
 from configs import metaworld as metaworld_config
 from configs import nav1d as nav1d_config
+from dmc_jax.data import episodes
 from dmc_jax.data.episodes import fit_normalizer
 from dmc_jax.envs import nav1d
 from dmc_jax.models import dynamics
@@ -108,6 +109,23 @@ class DynamicsConfigTest(absltest.TestCase):
     dp.align.dynamics_coef = 1.0
     with self.assertRaisesRegex(ValueError, "align.dynamics_coef=1.0 is invalid"):
       validation.validate_config(dp)
+
+  def test_the_alignment_phase_fits_with_the_config_settings(self):
+    """``align.fit_dynamics`` is ``fit`` with ``align.dynamics_steps`` and the critic's batch
+    size, turned into the error function (the same numbers as calling both directly)."""
+    c = nav1d_config.get_config("diffuser,full,smoke")
+    c.align.dynamics_steps = 30
+    params = nav1d.make_params(0)
+    obs, act, nxt = _nav1d_transitions(jax.random.key(7), 256, params)
+    on, an = fit_normalizer(np.concatenate([obs, nxt]), "minmax"), fit_normalizer(act, "minmax")
+    trans_n = episodes.Transitions(on.normalize(obs), an.normalize(act), np.zeros(256),
+                                   on.normalize(nxt), np.zeros(256))
+    got = align_lib.fit_dynamics(c, trans_n, jax.random.key(8), on, an)(obs, act, nxt)
+    want = dynamics.make_error_fn(dynamics.fit(
+        jax.random.key(8), trans_n.obs, trans_n.actions, trans_n.next_obs, steps=30,
+        batch_size=c.critic.batch_size), on, an)(obs, act, nxt)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    self.assertEqual(np.shape(got), (256,))
 
   def test_reward_needs_the_fitted_model(self):
     c = nav1d_config.get_config("diffuser,full,smoke")
