@@ -22,8 +22,9 @@ every kind is ``first``; the shell refuses plan rewards for a chunked policy.
 Heads: ``q_fn`` returns ``[N, B]``; they are combined by ``q_agg`` (``min``, or ``lcb``:
 ``mean - lcb_coef * std`` over the heads, a pessimistic lower confidence bound).
 
-``dynamics_coef > 0`` (planners, with a known dynamics model ``dynamics_error(obs, act,
-next_obs) -> [...]`` in environment units) subtracts ``dynamics_coef`` times the mean
+``dynamics_coef > 0`` (planners, with a known or learned dynamics model
+``dynamics_error(obs, act, next_obs) -> [...]`` in environment units: Nav1D's
+``plan_dynamics_error`` or :func:`dmc_jax.models.dynamics.make_error_fn`) subtracts ``dynamics_coef`` times the mean
 dynamics error of the planned transitions, so that alignment cannot buy reward with plans
 that break the dynamics (the coherency score).
 """

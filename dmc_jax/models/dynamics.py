@@ -13,7 +13,8 @@ share of the transitions is held out, and the fit reports its error there agains
 with the known model's signature: the L1 distance, in environment units and summed over
 the observation dimensions, between the planned next state and the model's prediction.
 On a task whose dynamics touch one dimension (Nav1D's position) this is the known model's
-``|T(s, a) - s'|``, so one ``align.dynamics_coef`` means the same with either.
+``|T(s, a) - s'|`` plus the learned model's own small error on the others, so one
+``align.dynamics_coef`` means about the same with either.
 
 Deterministic: the same key and data give the same parameters (the alignment phase fits it
 again when it resumes instead of checkpointing it).

@@ -122,7 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
   # the task has one, else learned).
   c.align.dynamics_model = "auto"
   c.align.dynamics_steps = 5000  # Adam steps of the learned model's fit (batch critic.batch_size)
-  # (get_config sets NAV1D_PLANNER_DYNAMICS_COEF for Nav1D planners; no model elsewhere)
+  # (get_config sets NAV1D_PLANNER_DYNAMICS_COEF for Nav1D planners; off elsewhere: no
+  # weight was measured there)
   c.align.deploy_sampler = "rl"  # rl: align and evaluate with the RL stage's stochastic
   # sampler (the policy optimised is the policy deployed) | config: diffusion.ddim_eta (the
   # RL sampler's after-rows are reported beside it)
