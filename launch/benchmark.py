@@ -224,6 +224,13 @@ def _nav1d_critic(c):
                       v_mod.init(jax.random.key(2), o)["params"])
 
 
+def _identity_norm(dim: int):
+  """A normaliser that leaves ``dim`` features as they are (the benchmarks' random data is
+  already in model units)."""
+  from dmc_jax.data import episodes
+  return episodes.Normalizer(jnp.zeros(dim), jnp.ones(dim))
+
+
 def parse_align_stage(stage: str) -> tuple:
   """``--align_stages`` entry -> ``(aligner, rl method or "")``: ``rl`` (the model's default
   method), ``rl:ppo`` / ``rl:reinforce`` / ``rl:qgrad``, ``dpo``, ``sft``."""
@@ -240,30 +247,30 @@ def run_align(repeats):
   whole) for every aligner in ``--align_stages`` and model in ``--align_models``."""
   from configs import nav1d as nav1d_config
   from dmc_jax.envs import nav1d
-  from dmc_jax.data import episodes
   from dmc_jax.train import align as align_lib, builders, sharding
   obs_dim, act_dim = nav1d.OBS_DIM, nav1d.ACT_DIM
   res, n_params = {}, 0
+  n = FLAGS.align_chunk
   for model in FLAGS.align_models:
+    base = nav1d_config.get_config(f"{model},full")
+    base.diffusion.clip_x0 = 1.0  # the job resolves the auto clip from the data; none here
+    # The network, its parameters and the critic do not depend on the aligner.
+    dmc = builders.make_dmc(base, obs_dim, act_dim)
+    params = dmc.init(jax.random.key(0))
+    n_params = max(n_params, networks.param_count(params))
+    q_fn, v_fn, critic = _nav1d_critic(base)
+    shape = (base.align.batch_size, dmc.history, obs_dim)
+    batch_fn = lambda u, aux, shape=shape: {"hist": aux * jax.random.uniform(
+        jax.random.fold_in(jax.random.key(5), u), shape, minval=-1.0, maxval=1.0)}
     for stage in FLAGS.align_stages:
       name, method = parse_align_stage(stage)
-      c = nav1d_config.get_config(f"{model},full")
-      c.diffusion.clip_x0 = 1.0  # the job resolves the auto clip from the data; none here
+      c = base.copy_and_resolve_references()
       if method:  # the deployed sampler follows the RL method (PPO deploys the noisy chain)
         c.align.rl.method = method
-      dmc = builders.make_dmc(c, obs_dim, act_dim)
-      params = dmc.init(jax.random.key(0))
-      n_params = max(n_params, networks.param_count(params))
-      q_fn, v_fn, critic = _nav1d_critic(c)
       deployed = builders.deployed_dmc(c, dmc)
       # Identity normalisers: the planners' dynamics term reads the plan in env units.
-      ident = lambda d: episodes.Normalizer(jnp.zeros(d), jnp.ones(d))
-      reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn, ident(obs_dim),
-                                        ident(act_dim))
-      shape = (c.align.batch_size, dmc.history, obs_dim)
-      batch_fn = lambda u, aux, shape=shape: {"hist": aux * jax.random.uniform(
-          jax.random.fold_in(jax.random.key(5), u), shape, minval=-1.0, maxval=1.0)}
-      n = FLAGS.align_chunk
+      reward = align_lib.make_reward_fn(c, deployed, q_fn, v_fn, _identity_norm(obs_dim),
+                                        _identity_norm(act_dim))
       aligner, _ = align_lib.build_aligner(c, name, deployed, reward, 0, None)
       chunk, _ = sharding.parallelize_chunk(
           lambda ax, c=c, name=name, deployed=deployed, reward=reward:
@@ -288,17 +295,16 @@ def run_align(repeats):
 def _nav1d_dp(num_candidates=16):
   """A DP (default Nav1D sizes, random weights) with its critic and IDQL-argmax policy."""
   from configs import nav1d as nav1d_config
-  from dmc_jax.data import episodes
   from dmc_jax.envs import nav1d
   from dmc_jax.models import policy as policy_lib
   from dmc_jax.train import builders
   c = nav1d_config.get_config("dp,full")
   dmc = builders.make_dmc(c, nav1d.OBS_DIM, nav1d.ACT_DIM)
   q_fn, v_fn, critic = _nav1d_critic(c)
-  ident = lambda d: episodes.Normalizer(jnp.zeros(d), jnp.ones(d))
-  act = policy_lib.make_policy(dmc, obs_norm=ident(nav1d.OBS_DIM), act_norm=ident(
-      nav1d.ACT_DIM), selection="argmax", num_candidates=num_candidates, q_fn=q_fn, v_fn=v_fn,
-      expectile=c.critic.expectile)
+  act = policy_lib.make_policy(dmc, obs_norm=_identity_norm(nav1d.OBS_DIM),
+                               act_norm=_identity_norm(nav1d.ACT_DIM), selection="argmax",
+                               num_candidates=num_candidates, q_fn=q_fn, v_fn=v_fn,
+                               expectile=c.critic.expectile)
   return c, dmc, dmc.init(jax.random.key(0)), critic, act
 
 
@@ -537,7 +543,8 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--cases: unknown {sorted(unknown)}; choose from {sorted(RUNNERS)}")
   try:
-    [parse_align_stage(s) for s in FLAGS.align_stages]
+    for stage in FLAGS.align_stages:
+      parse_align_stage(stage)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   peak = matmul_peak()
