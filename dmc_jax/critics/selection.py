@@ -23,6 +23,26 @@ def aggregate_heads(qs, agg: str = "min", lcb_coef: float = 1.0):
   raise ValueError(f"unknown Q aggregation {agg!r}; known: {Q_AGGS}")
 
 
+HEAD_USES = ("reward", "select")
+
+
+def head_q_fn(q_fn, num_heads: int, split: bool, use: str):
+  """``q_fn`` (heads ``[N, ...]``) restricted to the heads ``use`` combines: ``"reward"`` (the
+  alignment rewards) or ``"select"`` (the deployed selection). ``split``: the reward takes
+  heads ``[0, N/2)`` and selection ``[N/2, N)``, so the controller does not rank candidates
+  with the heads the aligner pushed them against (the decoupling of double Q-learning);
+  otherwise both take every head."""
+  if use not in HEAD_USES:
+    raise ValueError(f"unknown head use {use!r}; known: {HEAD_USES}")
+  if not split:
+    return q_fn
+  if num_heads < 4:
+    raise ValueError(f"split heads need num_q >= 4 (two per half), got {num_heads}")
+  half = num_heads // 2
+  part = slice(0, half) if use == "reward" else slice(half, None)
+  return lambda *args: q_fn(*args)[part]
+
+
 def selection_logits(q, v, mode: str, temperature: float = 1.0, expectile: float = 0.7):
   """Log-weights ``[B, N]`` of the candidates for the sampling modes."""
   adv = q - v[:, None]

@@ -21,6 +21,13 @@ from dmc_jax.models import policy as policy_lib
 from dmc_jax import placement
 
 
+def select_heads(config, q_fn):
+  """``q_fn`` restricted to the heads the deployed selection combines
+  (``critic.split_heads``: the second half; see :func:`~dmc_jax.critics.selection.head_q_fn`)."""
+  return sel.head_q_fn(q_fn, config.critic.num_q, config.critic.get("split_heads", False),
+                       "select")
+
+
 def make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn, num_candidates=None,
              selection=None):
   """The deployed policy of ``config.eval`` (``selection``, default ``eval.selection``, over
@@ -28,6 +35,7 @@ def make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn, num_candidates=None,
   ``config.critic`` says: the ``act`` the evaluators and online fine-tuning roll out."""
   e = config.eval
   selection = selection or e.selection
+  q_fn = select_heads(config, q_fn)
   if num_candidates is None:
     num_candidates = 1 if selection == "first" else e.num_candidates
   return policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
@@ -67,7 +75,7 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
     """The critic's over-estimation at the start: its value of the first executed action
     (heads combined as in selection) minus the discounted return that followed (in the
     critic's reward units)."""
-    q0 = sel.aggregate_heads(q_fn(critic_params[0], obs_norm.normalize(out["obs"][:, 0]),
+    q0 = sel.aggregate_heads(select_heads(config, q_fn)(critic_params[0], obs_norm.normalize(out["obs"][:, 0]),
                                   act_norm.normalize(out["actions"][:, 0])),
                              config.critic.q_agg, config.critic.lcb_coef)
     ret = jnp.sum(out["rewards"] * disc[None], 1) * config.data.reward_scale

@@ -68,8 +68,8 @@ def row_phase(row) -> int:
 # how the DMC samples (``diffusion.ddim_eta``, ``sample_steps``, ``clip_x0``: sampling only):
 # a pretrained workdir can be evaluated or aligned again with other settings (after removing
 # ``checkpoints/align``).
-PRETRAIN_IGNORED = ("align.", "critic.q_agg", "critic.lcb_coef", "diffusion.ddim_eta",
-                    "diffusion.sample_steps", "diffusion.clip_x0")
+PRETRAIN_IGNORED = ("align.", "critic.q_agg", "critic.lcb_coef", "critic.split_heads",
+                    "diffusion.ddim_eta", "diffusion.sample_steps", "diffusion.clip_x0")
 # The critic (IQL on transitions) does not see the DMC: not its network, its diffusion or its
 # optimiser. ``train.parallel`` stays (a mesh changes the float32 sums).
 CRITIC_IGNORED = PRETRAIN_IGNORED + ("model.", "diffusion.", "train.batch_size", "train.lr",

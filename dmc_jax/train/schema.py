@@ -41,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.critic.layer_norm = True  # LayerNorm in every critic layer (Q heads and V)
   c.critic.q_agg = "lcb"  # how the heads combine in selection and alignment rewards: min | lcb
   c.critic.lcb_coef = 1.0  # lcb: mean - lcb_coef * std over the heads (2 heads, 1.0 = min)
+  # True: alignment rewards combine the first half of the Q heads and the deployed selection
+  # the other half, so the controller does not rank candidates with the heads they were
+  # pushed against (double-Q style decoupling; needs num_q >= 4). Training is unchanged.
+  c.critic.split_heads = False
 
   c.model = ml_collections.ConfigDict()
   c.model.kind = "diffusion_policy"  # diffuser | decision_diffuser | diffusion_policy

@@ -93,6 +93,9 @@ def validate_config(config) -> None:
   one_of("critic.q_agg", config.critic.q_agg, sel.Q_AGGS)
   if not (isinstance(config.critic.num_q, int) and config.critic.num_q >= 1):
     bad("critic.num_q", config.critic.num_q, "a positive integer (the number of Q heads)")
+  if config.critic.get("split_heads", False) and config.critic.num_q < 4:
+    bad("critic.split_heads", True, f"num_q >= 4 (two heads per half), not num_q = "
+        f"{config.critic.num_q}")
   if config.critic.lcb_coef < 0:
     bad("critic.lcb_coef", config.critic.lcb_coef, "a non-negative number")
   if not 0 <= config.critic.discount <= 1:

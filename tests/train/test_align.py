@@ -215,6 +215,76 @@ class OnlineSelectionTest(absltest.TestCase):
       validation.validate_config(smoke(online__enabled=True, online__selection="best"))
 
 
+class SplitHeadsTest(absltest.TestCase):
+  """``critic.split_heads``: alignment rewards combine the first half of the Q heads, the
+  deployed selection the second half."""
+
+  def test_head_q_fn_takes_each_half(self):
+    import jax.numpy as jnp
+    from dmc_jax.critics import selection as sel
+    q_fn = lambda p, o, a: jnp.arange(10.0)[:, None] + 0 * a[:, 0]
+    a = jnp.zeros((3, 1))
+    np.testing.assert_array_equal(sel.head_q_fn(q_fn, 10, True, "reward")(None, None, a)[:, 0],
+                                  np.arange(5.0))
+    np.testing.assert_array_equal(sel.head_q_fn(q_fn, 10, True, "select")(None, None, a)[:, 0],
+                                  np.arange(5.0, 10.0))
+    for use in ("reward", "select"):
+      self.assertIs(sel.head_q_fn(q_fn, 10, False, use), q_fn)
+    with self.assertRaisesRegex(ValueError, "num_q >= 4"):
+      sel.head_q_fn(q_fn, 2, True, "reward")
+    with self.assertRaisesRegex(ValueError, "head use"):
+      sel.head_q_fn(q_fn, 10, True, "both")
+
+  def test_the_reward_and_the_controller_listen_to_different_heads(self):
+    """Heads 0-4 prefer actions near +0.7, heads 5-9 near -0.7. Split: the alignment reward
+    ranks +0.7 above -0.7 and the deployed argmax picks candidates nearer -0.7; swapping the
+    halves fails both. Not split: one combined critic for both."""
+    import jax
+    import jax.numpy as jnp
+    from dmc_jax.data import episodes as ep_lib
+    from dmc_jax.envs import nav1d
+    from dmc_jax.eval import evaluators
+    from dmc_jax.train import builders
+
+    def q_fn(qp, obs, act):
+      pos = -((act[:, 0] - 0.7) ** 2)
+      neg = -((act[:, 0] + 0.7) ** 2)
+      return jnp.concatenate([jnp.broadcast_to(pos, (5,) + pos.shape),
+                              jnp.broadcast_to(neg, (5,) + neg.shape)])
+    v_fn = lambda vp, obs: jnp.zeros(obs.shape[0])
+    ident = lambda d: ep_lib.Normalizer(jnp.zeros(d), jnp.ones(d))
+    c = smoke()
+    c.critic.num_q, c.critic.q_agg, c.critic.split_heads = 10, "lcb", True
+    validation.validate_config(c)
+    dmc = builders.make_dmc(c, nav1d.OBS_DIM, nav1d.ACT_DIM)
+    params = jax.jit(dmc.init)(jax.random.PRNGKey(0))
+    obs = jnp.zeros((64, dmc.history, nav1d.OBS_DIM))
+
+    def chosen(config):
+      act = evaluators.make_act(config, dmc, ident(nav1d.OBS_DIM), ident(nav1d.ACT_DIM), q_fn,
+                                v_fn)
+      acts, _ = jax.jit(act)(params, (None, None), jax.random.PRNGKey(1), obs)
+      return np.asarray(acts[:, 0, 0])
+
+    picked = chosen(c)
+    self.assertLess(np.mean(np.abs(picked + 0.7)), np.mean(np.abs(picked - 0.7)))
+    def reward(config, a):  # DP: x_0 is the action chunk
+      fn = align_lib.make_reward_fn(config, dmc, q_fn, v_fn, ident(nav1d.OBS_DIM),
+                                    ident(nav1d.ACT_DIM))
+      x_0 = jnp.full((1, dmc.horizon, nav1d.ACT_DIM), a)
+      return float(fn(params, (None, None), x_0, obs[:1])[0])
+
+    self.assertGreater(reward(c, 0.7), reward(c, -0.7) + 0.5)
+    # Not split: the reward and the controller see the same ten heads (this critic is
+    # symmetric, so the reward cannot tell +0.7 from -0.7, and neither can argmax).
+    c.critic.split_heads = False
+    self.assertAlmostEqual(reward(c, 0.7), reward(c, -0.7), places=5)
+    c.critic.num_q = 2
+    c.critic.split_heads = True
+    with self.assertRaisesRegex(ValueError, r"critic.split_heads.*num_q >= 4"):
+      validation.validate_config(c)
+
+
 class AlignConfigTest(absltest.TestCase):
 
   def check(self, message, **align):
