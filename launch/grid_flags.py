@@ -29,7 +29,7 @@ def main(make_cells) -> None:
   try:
     cells, title = make_cells()
     if DRY_RUN.value:
-      print(gridlib.plan_text(cells))
+      print(gridlib.plan_text(cells, gridlib.cell_dirs(PRETRAINED_FROM.value)))
       return
     compile_cache.enable(CACHE.value)
     print(gridlib.run(cells, WORKDIR.value, title, share=SHARE.value,

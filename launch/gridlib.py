@@ -67,11 +67,12 @@ def make_cells(root: str, suite: str, datasets, model_samplers, selections=None,
   return out
 
 
-def plan(cells) -> list:
-  """For each cell, ``{phase: index of the earlier cell it reuses, or None (trains it)}`` for
-  the critic and DMC phases, by the rule :func:`dmc_jax.train.phases.reuse_pretraining`
-  applies at run time (the same settings but :data:`~dmc_jax.train.phases.PHASE_IGNORED`;
-  samplers of one training family alike)."""
+def plan(cells, sources=()) -> list:
+  """For each cell, ``{phase: index of the earlier cell it reuses, the step directory of a
+  finished checkpoint in ``sources`` (other grids' cell workdirs, ``--pretrained_from``) it
+  reuses, or None (trains it)}`` for the critic and DMC phases, by the rule
+  :func:`dmc_jax.train.phases.reuse_pretraining` applies at run time (the same settings but
+  :data:`~dmc_jax.train.phases.PHASE_IGNORED`; samplers of one training family alike)."""
   flat = [json.loads(c.to_json()) for _, c in cells]
   total = {"critic": lambda c: c.critic.steps, "dmc": lambda c: c.train.steps}
   out = []
@@ -91,22 +92,31 @@ def plan(cells) -> list:
           continue
         row[name] = j
         break
+      if row[name] is None and sources:
+        row[name] = phases.find_pretrained(config, name, sources)
     out.append(row)
   return out
 
 
-def plan_text(cells) -> str:
-  """The plan as a table: each cell, and for its critic and DMC 'train' or the cell reused."""
-  p = plan(cells)
+def plan_text(cells, sources=()) -> str:
+  """The plan as a table: each cell, and for its critic and DMC 'train' or the cell (of this
+  grid, or a checkpoint of ``sources``) reused."""
+  p = plan(cells, sources)
   names = [os.path.basename(wd) for wd, _ in cells]
   lines = ["| cell | critic | dmc |", "|---|---|---|"]
+
+  def col(v):
+    if v is None:
+      return "train"
+    return f"from {names[v]}" if isinstance(v, int) else f"from {v}"
+
   for name, row in zip(names, p):
-    cols = ["train" if row[k] is None else f"from {names[row[k]]}" for k in ("critic", "dmc")]
+    cols = [col(row[k]) for k in ("critic", "dmc")]
     lines.append(f"| {name} | {cols[0]} | {cols[1]} |")
   n_c = sum(r["critic"] is None for r in p)
   n_d = sum(r["dmc"] is None for r in p)
   lines.append(f"\n{len(cells)} cells: {n_c} critic and {n_d} DMC trainings "
-               "(cells already finished, or other grids' cells given as sources, train less)")
+               "(cells already finished train less)")
   return "\n".join(lines)
 
 

@@ -123,33 +123,44 @@ def reuse_pretraining(config, workdir: str, sources) -> dict:
   if (os.path.exists(os.path.join(workdir, "config.json"))
       or os.path.exists(os.path.join(workdir, "checkpoints"))):
     return {}
-  totals = {"critic": config.critic.steps, "dmc": config.train.steps}
   copied = {}
-  for name, total in totals.items():
-    for src in sources:
-      d = os.path.join(src, "checkpoints", name)
-      if not os.path.isdir(os.path.join(d, str(total))):  # (workdir itself has none)
-        continue
-      ckpt = checkpoint.Checkpointer(d)
-      try:
-        saved = ckpt.restore_meta(total).get("config", {})
-      except Exception:  # noqa: BLE001 - an unreadable source is not reused
-        continue
-      finally:
-        ckpt.close()
-      try:
-        check_same_config(saved, config, d, ignore=PHASE_IGNORED[name], same_family=True)
-      except checkpoint.CheckpointMismatchError:
-        continue
-      dst = os.path.join(workdir, "checkpoints", name)
-      os.makedirs(dst, exist_ok=True)
-      tmp = os.path.join(dst, f".copy-{total}")
-      shutil.rmtree(tmp, ignore_errors=True)
-      shutil.copytree(os.path.join(d, str(total)), tmp)
-      os.rename(tmp, os.path.join(dst, str(total)))
-      copied[name] = os.path.join(d, str(total))
-      break
+  for name in PHASE_IGNORED:
+    step_dir = find_pretrained(config, name, sources)
+    if step_dir is None:
+      continue
+    total = os.path.basename(step_dir)
+    dst = os.path.join(workdir, "checkpoints", name)
+    os.makedirs(dst, exist_ok=True)
+    tmp = os.path.join(dst, f".copy-{total}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(step_dir, tmp)
+    os.rename(tmp, os.path.join(dst, total))
+    copied[name] = step_dir
   return copied
+
+
+def find_pretrained(config, name: str, sources):
+  """The step directory of the first workdir in ``sources`` holding a *finished* ``name``
+  (``critic`` | ``dmc``) checkpoint trained with the settings ``config`` would train it
+  with (the rule of :func:`reuse_pretraining`), or ``None``."""
+  total = {"critic": config.critic.steps, "dmc": config.train.steps}[name]
+  for src in sources:
+    d = os.path.join(src, "checkpoints", name)
+    if not os.path.isdir(os.path.join(d, str(total))):
+      continue
+    ckpt = checkpoint.Checkpointer(d)
+    try:
+      saved = ckpt.restore_meta(total).get("config", {})
+    except Exception:  # noqa: BLE001 - an unreadable source is not reused
+      continue
+    finally:
+      ckpt.close()
+    try:
+      check_same_config(saved, config, d, ignore=PHASE_IGNORED[name], same_family=True)
+    except checkpoint.CheckpointMismatchError:
+      continue
+    return os.path.join(d, str(total))
+  return None
 
 
 def summarize(metrics, name, done, step) -> dict:

@@ -12,6 +12,7 @@ from absl.testing import absltest
 from configs import nav1d as nav1d_config
 from dmc_jax.models import generator as gen_lib
 from dmc_jax.train import checkpoint, offline, phases
+from launch import gridlib
 
 
 def _saved(config):
@@ -86,6 +87,14 @@ class ReuseTest(absltest.TestCase):
     # Nothing to take from a cell trained otherwise (flow: another loss) but its critic.
     self.assertEqual(set(phases.reuse_pretraining(config("flow"), wd("flow"),
                                                   [wd("ddim")])), {"critic"})
+    # The grid's dry run (`--pretrained_from`) names what the run will copy.
+    plan = gridlib.plan([(wd("ddpm"), config("ddpm")), (wd("flow2"), config("flow"))],
+                        sources=[wd("flow"), wd("ddim")])
+    self.assertEqual(plan, [{"critic": wd("flow/checkpoints/critic/60"),
+                             "dmc": wd("ddim/checkpoints/dmc/40")},
+                            {"critic": wd("flow/checkpoints/critic/60"), "dmc": None}])
+    self.assertIn("| ddpm | from " + wd("flow/checkpoints/critic/60"), gridlib.plan_text(
+        [(wd("ddpm"), config("ddpm"))], sources=[wd("flow"), wd("ddim")]))
     copied = phases.reuse_pretraining(config("ddpm"), wd("ddpm"), [wd("flow"), wd("ddim")])
     # The first source with the phase finished the same way: the flow cell's copied critic.
     self.assertEqual(copied, {"critic": wd("flow/checkpoints/critic/60"),
