@@ -120,6 +120,7 @@ def evaluate(out_dir: str, num_episodes: int | None = None, seed: int | None = N
     q_fn = q_fn_factory(config, art.obs_norm, art.act_norm)
     config = config.copy_and_resolve_references()
     config.critic.q_agg = "min"
+    config.critic.split_heads = False  # the replacement is the only head
   evaluate_fn = evaluators.make_evaluator(config, dmc, art.obs_norm, art.act_norm, q_fn, v_fn,
                                        {"dataset_id": config.data.dataset})
   job_keys = keys_lib.job_keys(config.seed if seed is None else seed)
