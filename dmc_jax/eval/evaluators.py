@@ -70,13 +70,14 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
   err_fn = functools.partial(nav1d.plan_dynamics_error, env_params)
 
   disc = jnp.asarray(config.critic.discount ** np.arange(config.env.horizon), jnp.float32)
+  q_select = select_heads(config, q_fn)
 
   def critic_gap(critic_params, out):
     """The critic's over-estimation at the start: its value of the first executed action
     (heads combined as in selection) minus the discounted return that followed (in the
     critic's reward units)."""
-    q0 = sel.aggregate_heads(select_heads(config, q_fn)(critic_params[0], obs_norm.normalize(out["obs"][:, 0]),
-                                  act_norm.normalize(out["actions"][:, 0])),
+    q0 = sel.aggregate_heads(q_select(critic_params[0], obs_norm.normalize(out["obs"][:, 0]),
+                                      act_norm.normalize(out["actions"][:, 0])),
                              config.critic.q_agg, config.critic.lcb_coef)
     ret = jnp.sum(out["rewards"] * disc[None], 1) * config.data.reward_scale
     return jnp.mean(q0 - ret)

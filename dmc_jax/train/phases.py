@@ -124,7 +124,7 @@ def reuse_pretraining(config, workdir: str, sources) -> dict:
       or os.path.exists(os.path.join(workdir, "checkpoints"))):
     return {}
   copied = {}
-  for name in PHASE_IGNORED:
+  for name in ("critic", "dmc"):
     step_dir = find_pretrained(config, name, sources)
     if step_dir is None:
       continue
