@@ -21,11 +21,11 @@ from dmc_jax.models import policy as policy_lib
 from dmc_jax import placement
 
 
-def select_heads(config, q_fn):
-  """``q_fn`` restricted to the heads the deployed selection combines
-  (``critic.split_heads``: the second half; see :func:`~dmc_jax.critics.selection.head_q_fn`)."""
-  return sel.head_q_fn(q_fn, config.critic.num_q, config.critic.get("split_heads", False),
-                       "select")
+def config_heads(config, q_fn, use: str):
+  """``q_fn`` restricted to the heads ``use`` (``"reward"``: alignment rewards; ``"select"``:
+  the deployed selection) combines under ``config.critic`` (``split_heads``: the first half
+  and the second; see :func:`~dmc_jax.critics.selection.head_q_fn`)."""
+  return sel.head_q_fn(q_fn, config.critic.num_q, config.critic.get("split_heads", False), use)
 
 
 def make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn, num_candidates=None,
@@ -35,7 +35,7 @@ def make_act(config, dmc, obs_norm, act_norm, q_fn, v_fn, num_candidates=None,
   ``config.critic`` says: the ``act`` the evaluators and online fine-tuning roll out."""
   e = config.eval
   selection = selection or e.selection
-  q_fn = select_heads(config, q_fn)
+  q_fn = config_heads(config, q_fn, "select")
   if num_candidates is None:
     num_candidates = 1 if selection == "first" else e.num_candidates
   return policy_lib.make_policy(dmc, obs_norm=obs_norm, act_norm=act_norm,
@@ -70,7 +70,7 @@ def make_evaluator(config, dmc, obs_norm, act_norm, q_fn, v_fn, env_info):
   err_fn = functools.partial(nav1d.plan_dynamics_error, env_params)
 
   disc = jnp.asarray(config.critic.discount ** np.arange(config.env.horizon), jnp.float32)
-  q_select = select_heads(config, q_fn)
+  q_select = config_heads(config, q_fn, "select")
 
   def critic_gap(critic_params, out):
     """The critic's over-estimation at the start: its value of the first executed action

@@ -21,7 +21,6 @@ from dmc_jax import progress as progress_lib
 from dmc_jax.aligners import base as base_lib
 from dmc_jax.aligners import cascade as cascade_lib
 from dmc_jax.aligners import dpo, rewards, rl, sequential, sft
-from dmc_jax.critics import selection as sel
 from dmc_jax.data import episodes as ep_lib
 from dmc_jax.data import replay
 from dmc_jax.envs import nav1d
@@ -120,8 +119,7 @@ def make_reward_fn(config, dmc, q_fn, v_fn, obs_norm=None, act_norm=None,
       raise ValueError("align.dynamics_coef > 0 with a learned dynamics model: pass "
                        "learned_dynamics (align.fit_dynamics)")
     dyn = learned_dynamics
-  q_fn = sel.head_q_fn(q_fn, config.critic.num_q, config.critic.get("split_heads", False),
-                       "reward")
+  q_fn = evaluators.config_heads(config, q_fn, "reward")
   return rewards.make_reward(dmc.sampling, q_fn, v_fn, kind=a.reward,
                              q_agg=config.critic.q_agg, lcb_coef=config.critic.lcb_coef,
                              discount=config.critic.discount, dynamics_error=dyn,
