@@ -241,7 +241,7 @@ def run_alignment(config, workdir, *, dmc, base_params, critic_state, q_fn, v_fn
                            obs_norm, act_norm)
   reward_fn = make_reward_fn(config, dmc, q_fn, v_fn, obs_norm, act_norm, learned)
   scale = lora_lib.lora_scale(a.lora_rank, a.lora_alpha)
-  k_init, k_upd, k_ctx, k_track, k_curve, k_online = keys_lib.align_keys(key)
+  k_init, k_upd, k_ctx, k_track, k_curve, k_online = keys_lib.align_keys(key, a.seed)
   # Held-out contexts of the tracked reward: fixed for the whole run.
   track_hist = ep_lib.sample_segments(k_track, seg_data, a.track_contexts, dmc.horizon,
                                       dmc.history).history
@@ -481,6 +481,8 @@ def train_cascade(config, workdir, dmc, base_params, tree, reward_fn, scale, bat
       num_candidates=c.num_candidates, passes=c.passes, lora_rank=config.align.lora_rank)
   tx = base_lib.make_optimizer(c.lr)
   k_init, k_upd = jax.random.split(jax.random.fold_in(key, keys_lib.CASCADE))
+  # ``align.seed`` redraws the cascade's init and updates too
+  k_init, k_upd = (keys_lib.redraw_key(k, config.align.seed) for k in (k_init, k_upd))
   state = spec.init(k_init, first, tx, batch_fn(0, 1.0)["hist"][:1])
   crit = (tree["critic"].q.params, tree["critic"].v.params)
   # The cascade's contexts: the alignment's stream, from update CASCADE_CONTEXTS on.

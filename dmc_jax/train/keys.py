@@ -13,6 +13,7 @@ ALIGN = 0x616C69  # the alignment's base key, from the job key ("ali")
 CASCADE = 7  # the cascade's key, from the alignment key
 CASCADE_CONTEXTS = 10_000_000  # the cascade's contexts: the alignment's stream from here on
 ONLINE_CRITIC = 1 << 30  # the online critic updates, from the online stream
+ALIGN_SEED = 0x736564  # ``align.seed``'s redraw of the optimisation streams ("sed")
 DYNAMICS = 0x64796E  # the learned dynamics model's fit, from the alignment key ("dyn")
 # fold_in indices of the evaluation stream
 EVAL_FINAL = 0  # the final evaluation (and the reference of results.json)
@@ -45,8 +46,23 @@ def job_keys(seed: int) -> JobKeys:
   return JobKeys(critic, init, train, eval_, jax.random.fold_in(key, ALIGN))
 
 
-def align_keys(key) -> AlignKeys:
-  return AlignKeys(*jax.random.split(key, 6))
+def redraw_key(key, seed: int):
+  """``key`` for alignment seed ``seed``: itself for 0, else an independent key."""
+  return jax.random.fold_in(jax.random.fold_in(key, ALIGN_SEED), seed) if seed else key
+
+
+def align_keys(key, seed: int = 0) -> AlignKeys:
+  """The alignment's streams. ``seed`` (``align.seed``) redraws the optimisation's own
+  randomness (adapter init, update keys and contexts, online roll-outs) on the same
+  pretrained model; the tracked reward's contexts and the curve's episode seeds stay fixed,
+  so runs with different alignment seeds are measured on the same contexts and episodes.
+  ``seed = 0`` gives the keys every earlier run used."""
+  k = AlignKeys(*jax.random.split(key, 6))
+  if not seed:
+    return k
+  redraw = lambda x: redraw_key(x, seed)
+  return k._replace(init=redraw(k.init), update=redraw(k.update),
+                    contexts=redraw(k.contexts), online=redraw(k.online))
 
 
 def eval_key(keys: JobKeys, index: int):

@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.align = ml_collections.ConfigDict()
   c.align.stages = ("rl", "dpo", "sft")  # stage order in each pass ((): no alignment)
+  # Alignment seed: 0 = the job's alignment keys; another value redraws the optimisation's
+  # randomness (adapter init, update keys, contexts, online roll-outs) on the same pretrained
+  # model, the same tracked contexts and curve episodes (run-to-run spread of alignment).
+  c.align.seed = 0
   c.align.passes = 1  # passes over the stages
   c.align.batch_size = 32  # contexts (dataset histories) per update, split over devices
   c.align.updates_per_chunk = 20  # updates between two scheduler decisions / checkpoints

@@ -288,6 +288,8 @@ def validate_align(config, num_sampling_steps: int) -> None:
         "only task with a known dynamics model here)")
   if not (isinstance(a.dynamics_steps, int) and a.dynamics_steps >= 1):
     bad("dynamics_steps", a.dynamics_steps, "a positive integer")
+  if not (isinstance(a.seed, int) and not isinstance(a.seed, bool) and 0 <= a.seed < 2**31):
+    bad("seed", a.seed, "an integer in [0, 2**31) (0: the job's own alignment keys)")
   if a.deploy_sampler not in DEPLOY_SAMPLERS:
     bad("deploy_sampler", a.deploy_sampler, f"one of {DEPLOY_SAMPLERS}")
   if not (isinstance(a.rl.last_k, int) and 0 <= a.rl.last_k < num_sampling_steps):

@@ -308,6 +308,7 @@ class AlignConfigTest(absltest.TestCase):
     self.check(r"align.curve_selection=.best.*one of", curve_selection="best")
     self.check(r"align.online.mix=0.0.*\(0, 1\]", online__mix=0.0)
     self.check(r"align.online.episodes=0.*positive integer", online__episodes=0)
+    self.check(r"align.seed=-1.*integer in \[0, 2\*\*31\)", seed=-1)
     c = smoke()
     c.diffusion.sampler = "ode"
     with self.assertRaisesRegex(ValueError, r"align.rl.method='ppo'.*qgrad"):

@@ -114,6 +114,33 @@ class ReuseTest(absltest.TestCase):
     for a, b in zip(leaves(wd("ddpm/checkpoints/dmc")), leaves(wd("ddpm_alone/checkpoints/dmc"))):
       np.testing.assert_array_equal(a, b)
 
+  def test_an_alignment_seed_realigns_the_same_pretrained_model(self):
+    """``align.seed`` on a cell's own checkpoints: the same pretrained model, the same
+    before rows and tracked contexts; another alignment (adapters, after rows)."""
+    def config(seed):
+      c = nav1d_config.get_config("dp,full,smoke")
+      c.critic.steps, c.train.steps, c.train.log_every, c.train.eval_every = 60, 40, 20, 20
+      c.eval.num_episodes, c.align.stages, c.align.max_chunks = 4, ("rl",), 1
+      c.align.min_chunks, c.align.updates_per_chunk, c.align.seed = 1, 2, seed
+      return c
+
+    root = tempfile.mkdtemp()
+    wd = lambda name: os.path.join(root, name)
+    base = offline.train_and_evaluate(config(0), wd("seed0"))
+    self.assertEqual(set(phases.reuse_pretraining(config(1), wd("seed1"), [wd("seed0")])),
+                     {"critic", "dmc"})  # the alignment seed is not a pretraining setting
+    other = offline.train_and_evaluate(config(1), wd("seed1"))
+    for sel in config(0).align.eval_selections:
+      self.assertEqual(other["align"][sel]["before"], base["align"][sel]["before"], sel)
+    track0 = lambda name: [json.loads(line) for line in open(wd(f"{name}/metrics.jsonl"))
+                           if '"align/track_reward"' in line][0]["align/track_reward"]
+    self.assertEqual(track0("seed1"), track0("seed0"))  # the reference on the same contexts
+    lora = lambda name: jax.tree.leaves(checkpoint.Checkpointer(
+        wd(f"{name}/checkpoints/align")).restore_untyped())
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(lora("seed0"), lora("seed1")) if np.size(a) > 1)
+    self.assertGreater(diff, 0.0)  # another draw of the adapters' init and updates
+
 
 if __name__ == "__main__":
   absltest.main()
