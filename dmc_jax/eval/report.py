@@ -80,7 +80,8 @@ def as_run(results: dict, workdir: str) -> dict:
     raise ValueError(f"{workdir}/results.json has no 'align' section: the run was not aligned "
                      "(align.stages=()) or has not finished")
   env, data = split_dataset(results["dataset"])
-  return dict(results, workdir=workdir, env=env, data=data, seed=training_seed(workdir),
+  seed, align_seed = run_seeds(workdir)
+  return dict(results, workdir=workdir, env=env, data=data, seed=seed, align_seed=align_seed,
               online_start=online_start(workdir), reverted=reverted_visits(workdir),
               reused=reused_phases(workdir))
 
@@ -96,13 +97,31 @@ def reused_phases(workdir) -> list:
   return [p for p in ("critic", "dmc") if p in reused]
 
 
-def training_seed(workdir) -> int:
-  """The run's ``config.seed`` (``config.json``; 0 when the workdir has none)."""
+def run_seeds(workdir) -> tuple:
+  """The run's ``(config.seed, config.align.seed)`` from its ``config.json`` (0 for what
+  it does not hold)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    return 0
+    return 0, 0
   with open(path) as f:
-    return int(json.load(f).get("seed", 0))
+    config = json.load(f)
+  return int(config.get("seed", 0)), int(config.get("align", {}).get("seed", 0))
+
+
+def training_seed(workdir) -> int:
+  """The run's ``config.seed`` (``config.json``; 0 when the workdir has none)."""
+  return run_seeds(workdir)[0]
+
+
+def seed_label(row):
+  """A run's seed in the tables: the training seed, or ``"S/aN"`` for training seed S
+  re-aligned with ``align.seed = N``."""
+  seed, align_seed = row.get("seed", 0), row.get("align_seed", 0)
+  return seed if not align_seed else f"{seed}/a{align_seed}"
+
+
+def _seed_key(row):
+  return row.get("seed", 0), row.get("align_seed", 0)
 
 
 def load_run(workdir) -> dict:
@@ -144,6 +163,7 @@ def rows_of(runs) -> list:
       out.append({"env": r["env"], "data": r["data"], "model": MODEL_NAMES.get(r["model"],
                                                                                r["model"]),
                   "sampler": r["sampler"], "selection": sel, "seed": r.get("seed", 0),
+                  "align_seed": r.get("align_seed", 0),
                   "before": row["before"],
                   "after": row["after"], "cascade": row.get("cascade"),
                   "time": r.get("wall_clock_s", float("nan")), "reused": r.get("reused", []),
@@ -155,10 +175,11 @@ def rows_of(runs) -> list:
 def paper_table(rows) -> str:
   """Rows dataset × environment, columns model / sampler / selection: "before -> after"."""
   cols = sorted({(r["model"], r["sampler"], r["selection"]) for r in rows})
-  keys = sorted({(r["data"], r["env"], r.get("seed", 0)) for r in rows})
-  seeds = len({k[2] for k in keys}) > 1  # one row per training seed then
-  cell = {(r["data"], r["env"], r.get("seed", 0), r["model"], r["sampler"], r["selection"]): r
+  keys = sorted({(r["data"], r["env"], _seed_key(r)) for r in rows})
+  seeds = len({k[2] for k in keys}) > 1  # one row per training (and alignment) seed then
+  cell = {(r["data"], r["env"], _seed_key(r), r["model"], r["sampler"], r["selection"]): r
           for r in rows}
+  label = {_seed_key(r): seed_label(r) for r in rows}
   lines = ["| dataset | environment | " + " | ".join(f"{m} ({s}, {sel})" for m, s, sel in cols)
            + " |", "|---|---|" + "---|" * len(cols)]
   for data, env, seed in keys:
@@ -168,8 +189,8 @@ def paper_table(rows) -> str:
       cells.append("-" if r is None else
                    f"{_ms(r['before'])} -> {_after(r['before'], r['after'])}"
                    f"{_success(r['before'], r['after'])}")
-    label = f"{data} (seed {seed})" if seeds else data
-    lines.append(f"| {label} | {env} | " + " | ".join(cells) + " |")
+    name = f"{data} (seed {label[seed]})" if seeds else data
+    lines.append(f"| {name} | {env} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -200,12 +221,12 @@ def detail_table(rows) -> str:
 
 def seed_groups(rows) -> dict:
   """Rows of the same cell (dataset, environment, model, sampler, selection) over training
-  seeds: ``{cell: [row, ...]}`` sorted by seed."""
+  seeds and alignment seeds (``align.seed``): ``{cell: [row, ...]}`` sorted by seed."""
   groups = {}
   for r in rows:
     groups.setdefault((r["data"], r["env"], r["model"], r["sampler"], r["selection"]),
                       []).append(r)
-  return {k: sorted(v, key=lambda r: r.get("seed", 0)) for k, v in sorted(groups.items())}
+  return {k: sorted(v, key=_seed_key) for k, v in sorted(groups.items())}
 
 
 def seed_stats(group) -> dict:
@@ -214,7 +235,7 @@ def seed_stats(group) -> dict:
   b = np.array([r["before"]["return_mean"] for r in group])
   a = np.array([r["after"]["return_mean"] for r in group])
   sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
-  out = {"seeds": [r.get("seed", 0) for r in group], "before_mean": float(b.mean()),
+  out = {"seeds": [seed_label(r) for r in group], "before_mean": float(b.mean()),
          "before_std": sd(b), "after_mean": float(a.mean()), "after_std": sd(a),
          "change_mean": float((a - b).mean()), "change_std": sd(a - b),
          "improved": int(np.sum(a > b))}
@@ -236,7 +257,7 @@ def seed_table(rows) -> str:
     st = seed_stats(group)
     succ = (f"{st['success_before']:.2f} -> {st['success_after']:.2f}"
             if "success_before" in st else "-")
-    per = "; ".join(f"{r.get('seed', 0)}: {r['before']['return_mean']:.2f} -> "
+    per = "; ".join(f"{seed_label(r)}: {r['before']['return_mean']:.2f} -> "
                     f"{r['after']['return_mean']:.2f}" for r in group)
     lines.append(
         f"| {data} | {env} | {model} | {sampler} | {sel} | {len(group)} | "
@@ -432,7 +453,8 @@ def _seed_section(rows) -> str:
   if not table:
     return ""
   return ("## Across training seeds\n\nMean ± std across training seeds of each seed's mean "
-          "return over the episode seeds (std with ddof 1).\n\n" + table + "\n")
+          "return over the episode seeds (std with ddof 1). A seed `S/aN` is training seed "
+          "S re-aligned with `align.seed = N` (the same pretrained model).\n\n" + table + "\n")
 
 
 def write_report(runs, out_dir, title="Alignment results") -> str:

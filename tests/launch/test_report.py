@@ -15,12 +15,13 @@ def _row(mean, std, **extra):
   return dict(return_mean=mean, return_std=std, return_ci95=1.96 * std / 4, **extra)
 
 
-def _workdir(root, name, dataset, model, before, after, online_at=None, seed=None):
+def _workdir(root, name, dataset, model, before, after, online_at=None, seed=None,
+             align_seed=None):
   wd = os.path.join(root, name)
   os.makedirs(wd)
   if seed is not None:
     with open(os.path.join(wd, "config.json"), "w") as f:
-      json.dump({"seed": seed}, f)
+      json.dump({"seed": seed, **({"align": {"seed": align_seed}} if align_seed else {})}, f)
   res = {"dataset": dataset, "model": model, "sampler": "ddim", "wall_clock_s": 12.0,
          "selection": "argmax", **before, "dataset_return": 0.5, "random_return": None,
          "align": {"first": {"before": before, "after": after}},
@@ -169,6 +170,27 @@ class ReportTest(absltest.TestCase):
     self.assertIn("| 3 | 100.00 ± 20.00 | 116.67 ± 41.63 | +16.67 ± 23.09 | 2/3 | 0.50 -> 0.75 | "
                   "0: 100.00 -> 130.00; 1: 80.00 -> 70.00; 2: 120.00 -> 150.00 |", text)
     self.assertIn("| medium (seed 1) | button-press |", text)  # one paper-table row per seed
+
+  def test_alignment_seeds_are_aggregated_with_their_training_seed(self):
+    befores, afters = [20.0, 20.0, 22.0], [22.0, 18.0, 23.0]
+    with tempfile.TemporaryDirectory() as root:
+      for i, (seed, align_seed) in enumerate([(0, 0), (0, 2), (1, 0)]):
+        _workdir(root, f"run{i}", "dmc_jax/nav1d/full-v0", "decision_diffuser",
+                 _row(befores[i], 2.0), _row(afters[i], 2.0), seed=seed, align_seed=align_seed)
+      runs = [report.load_run(d) for d in report.find_workdirs([root])]
+      rows = report.rows_of(runs)
+      (group,) = report.seed_groups(rows).values()
+      self.assertEqual([report.seed_label(r) for r in group], [0, "0/a2", 1])
+      st = report.seed_stats(group)
+      self.assertEqual(st["improved"], 2)  # the re-aligned run fell
+      self.assertAlmostEqual(st["after_mean"], 21.0)
+      body = report.paper_table(rows).splitlines()[2:]  # one row per (training, align) seed
+      self.assertLen(body, 3)
+      for line, (label, b, a) in zip(body, (("0", 20, 22), ("0/a2", 20, 18), ("1", 22, 23))):
+        self.assertTrue(line.startswith(f"| full (seed {label}) | Nav1D | {b:.2f} ± 2.00 -> "),
+                        line)
+        self.assertIn(f"{a:.2f} ± 2.00", line)
+      self.assertIn("0/a2: 20.00 -> 18.00", report.seed_table(rows))
 
   def test_results_table_and_figures(self):
     import matplotlib
