@@ -38,7 +38,8 @@ def main(argv):
   del argv
   f = grid_flags
   grid_flags.main(lambda: gridlib.table_cells(f.WORKDIR.value, TABLE.value, DATASETS.value,
-                                              f.SEED.value, f.OVERRIDES.value))
+                                              f.SEED.value, f.OVERRIDES.value,
+                                              f.ALIGN_SEED.value))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ the report.
       --datasets=partial,full,expert --workdir=/tmp/t2 \\
       --override="align.eval_selections=('first','expectation','argmax')"   # the paper's Table 2
   python -m launch.grid --suite=metaworld --models=dp --seed=0,1,2 --workdir=/tmp/mw3
+  python -m launch.grid --models=dd --datasets=full --align_seed=0,1,2 --workdir=/tmp/a3
   python -m launch.grid ... --dry_run          # the cells, and which train or reuse what
 
 (``launch.align_table`` runs the paper's Tables 2 and 3 with one command.)
@@ -25,7 +26,11 @@ have computed itself; its learning curve has only the final point, and
 ``CELL/pretraining_reused.json`` names the source. ``--pretrained_from=ROOT,...`` adds
 other grids' cells as sources.
 
-Each cell (model × dataset × sampler × selection × training seed) is ``launch.train`` on
+``--align_seed=0,1,2`` runs each cell once per alignment seed (``align.seed``): the cells of
+one training seed share one pretraining and differ only in the alignment's own randomness.
+
+Each cell (model × dataset × sampler × selection × training seed × alignment seed) is
+``launch.train`` on
 ``configs/SUITE.py:MODEL,DATASET`` (a ``:`` in a dataset entry
 becomes a ``,``) in its own workdir under ``--workdir``; finished cells are reused, so the
 command can be re-run after an interruption. Then writes, with :mod:`dmc_jax.eval.report`,
@@ -53,7 +58,7 @@ def cells():
   f = grid_flags
   return (gridlib.make_cells(f.WORKDIR.value, SUITE.value, DATASETS.value,
                              [(m, SAMPLER.value) for m in MODELS.value], SELECTIONS.value,
-                             f.SEED.value, f.OVERRIDES.value),
+                             f.SEED.value, f.OVERRIDES.value, f.ALIGN_SEED.value),
           f"{SUITE.value} alignment results")
 
 

@@ -1,5 +1,5 @@
 """The flags and the entry point shared by the grid launchers (``launch.grid``,
-``launch.align_table``): ``--workdir``, ``--seed``, ``--override``, ``--share_pretraining``,
+``launch.align_table``): ``--workdir``, ``--seed``, ``--align_seed``, ``--override``, ``--share_pretraining``,
 ``--pretrained_from``, ``--dry_run``, ``--compilation_cache``. Each launcher adds its own
 flags and passes :func:`main` a function that builds its cells from them."""
 from absl import app, flags
@@ -10,6 +10,9 @@ from launch import common, gridlib
 WORKDIR = flags.DEFINE_string("workdir", None, "root of the per-cell workdirs", required=True)
 SEED = flags.DEFINE_list("seed", ["0"], "training seeds (config.seed; each one is its own "
                          "cell; the report adds mean ± std across seeds)")
+ALIGN_SEED = flags.DEFINE_list("align_seed", ["0"], "alignment seeds (config.align.seed; each "
+                               "one is its own cell, re-aligning the same pretrained model; "
+                               "the report adds mean ± std across them)")
 OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE set in every cell's config "
                                       "(a Python literal; empty: an empty tuple)")
 SHARE = flags.DEFINE_bool("share_pretraining", True, "start a cell from an earlier cell's "

@@ -40,30 +40,45 @@ def set_override(config, item: str) -> None:
 
 
 def make_cells(root: str, suite: str, datasets, model_samplers, selections=None, seeds=(0,),
-               overrides=()):
-  """``[(workdir, config)]``: every dataset × (model, sampler) × selection × training seed.
-  ``model_samplers``: ``[(model, [sampler, ...])]``. A cell is ``configs/SUITE.py:MODEL,
-  DATASET`` (a ``:`` in a dataset entry becomes a ``,``) in ``root/MODEL_DATASET_SAMPLER
-  [_SELECTION][_seedN]`` (seed 0 alone keeps the name without a suffix)."""
+               overrides=(), align_seeds=(0,)):
+  """``[(workdir, config)]``: every dataset × (model, sampler) × selection × training seed ×
+  alignment seed. ``model_samplers``: ``[(model, [sampler, ...])]``. A cell is
+  ``configs/SUITE.py:MODEL,DATASET`` (a ``:`` in a dataset entry becomes a ``,``) in
+  ``root/MODEL_DATASET_SAMPLER[_SELECTION][_seedN][_alignM]`` (seed 0 alone, and alignment
+  seed 0 alone, keep the name without a suffix). The cells of one training seed share their
+  pretraining (``run(share=True)``), so alignment seeds re-align one pretrained model."""
   module = importlib.import_module(f"configs.{suite}")
-  seeds = [int(s) for s in seeds]
+  def parse(flag, values):
+    try:
+      out = [int(v) for v in values]
+    except ValueError:
+      out = []
+    if not out or min(out) < 0 or len(set(out)) < len(out):
+      raise GridError(f"--{flag}={','.join(map(str, values))}: distinct integers >= 0")
+    return out
+  seeds, align_seeds = parse("seed", seeds), parse("align_seed", align_seeds)
   out = []
   for dataset in datasets or SUITES[suite]:
     for model, samplers in model_samplers:
       for sampler in samplers:
         for selection in selections or [None]:
           for seed in seeds:
-            c = module.get_config(f"{model},{dataset.replace(':', ',')}")
-            c.diffusion.sampler, c.seed = sampler, seed
-            name = f"{model}_{dataset.replace(':', '_')}_{sampler}"
-            if selection is not None:
-              c.eval.selection = selection
-              name += f"_{selection}"
-            if seeds != [0]:
-              name += f"_seed{seed}"
-            for item in overrides:
-              set_override(c, item)
-            out.append((os.path.join(root, name), c))
+            for align_seed in align_seeds:
+              c = module.get_config(f"{model},{dataset.replace(':', ',')}")
+              c.diffusion.sampler, c.seed = sampler, seed
+              name = f"{model}_{dataset.replace(':', '_')}_{sampler}"
+              if selection is not None:
+                c.eval.selection = selection
+                name += f"_{selection}"
+              if seeds != [0]:
+                name += f"_seed{seed}"
+              if align_seeds != [0]:
+                name += f"_align{align_seed}"
+              for item in overrides:
+                set_override(c, item)
+              if align_seeds != [0]:
+                c.align.seed = align_seed
+              out.append((os.path.join(root, name), c))
   return out
 
 
@@ -128,7 +143,7 @@ TABLES = {
 }
 
 
-def table_cells(root: str, tables, datasets, seeds=(0,), overrides=()):
+def table_cells(root: str, tables, datasets, seeds=(0,), overrides=(), align_seeds=(0,)):
   """``(cells, title)`` of the given tables: every dataset × the tables' (model, sampler)
   pairs × training seed, each cell evaluating :data:`SELECTIONS` before and after
   alignment (``align.eval_selections``; overrides come after, so they may change it)."""
@@ -138,7 +153,8 @@ def table_cells(root: str, tables, datasets, seeds=(0,), overrides=()):
                     f"(choose from {', '.join(TABLES)})")
   model_samplers = [ms for t in tables for ms in TABLES[t][1]]
   overrides = [f"align.eval_selections={SELECTIONS!r}", *overrides]
-  cells = make_cells(root, "nav1d", datasets, model_samplers, None, seeds, overrides)
+  cells = make_cells(root, "nav1d", datasets, model_samplers, None, seeds, overrides,
+                     align_seeds)
   return cells, "; ".join(TABLES[t][0] for t in tables) + " (Nav1D)"
 
 

@@ -64,6 +64,27 @@ class AlignTableTest(absltest.TestCase):
     with self.assertRaisesRegex(gridlib.GridError, "critic.stepz"):
       gridlib.table_cells("/r", ["3"], ["full"], overrides=["critic.stepz=1"])
 
+  def test_alignment_seeds_realign_one_pretrained_model(self):
+    cells, _ = gridlib.table_cells("/r", ["3"], ["full"], seeds=(0, 1), align_seeds=(0, 2))
+    names = [os.path.basename(wd) for wd, _ in cells]
+    self.assertEqual(names[:4], ["dp_full_ddim_seed0_align0", "dp_full_ddim_seed0_align2",
+                                 "dp_full_ddim_seed1_align0", "dp_full_ddim_seed1_align2"])
+    by_name = dict(zip(names, (c for _, c in cells)))
+    self.assertEqual((by_name["dp_full_ddim_seed1_align2"].seed,
+                      by_name["dp_full_ddim_seed1_align2"].align.seed), (1, 2))
+    p = dict(zip(names, gridlib.plan(cells)))
+    # an alignment seed reuses its training seed's critic and DMC, never another seed's
+    for phase in ("critic", "dmc"):
+      self.assertEqual(names[p["dp_full_ddim_seed1_align2"][phase]], "dp_full_ddim_seed1_align0")
+      self.assertIsNone(p["dp_full_ddim_seed1_align0"][phase])
+    # one alignment seed alone keeps the plain names; bad lists are refused
+    cells, _ = gridlib.table_cells("/r", ["3"], ["full"])
+    self.assertEqual(os.path.basename(cells[0][0]), "dp_full_ddim")
+    self.assertEqual(cells[0][1].align.seed, 0)
+    for bad in (("0", "0"), ("-1",), ("x",)):
+      with self.assertRaisesRegex(gridlib.GridError, "--align_seed=.*distinct integers"):
+        gridlib.table_cells("/r", ["3"], ["full"], align_seeds=bad)
+
   def test_report_over_finished_cells(self):
     with tempfile.TemporaryDirectory() as root:
       for sampler, after in (("ddim", 9.0), ("flow", 7.0)):
