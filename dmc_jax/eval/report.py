@@ -452,9 +452,12 @@ def _seed_section(rows) -> str:
   table = seed_table(rows)
   if not table:
     return ""
-  return ("## Across training seeds\n\nMean ± std across training seeds of each seed's mean "
-          "return over the episode seeds (std with ddof 1). A seed `S/aN` is training seed "
-          "S re-aligned with `align.seed = N` (the same pretrained model).\n\n" + table + "\n")
+  realigned = any(r.get("align_seed", 0) for r in rows)
+  head = "training and alignment seeds" if realigned else "training seeds"
+  note = (" A seed `S/aN` is training seed S re-aligned with `align.seed = N` (the same "
+          "pretrained model)." if realigned else "")
+  return (f"## Across {head}\n\nMean ± std across {head} of each seed's mean "
+          f"return over the episode seeds (std with ddof 1).{note}\n\n" + table + "\n")
 
 
 def write_report(runs, out_dir, title="Alignment results") -> str:

@@ -191,6 +191,7 @@ class ReportTest(absltest.TestCase):
                         line)
         self.assertIn(f"{a:.2f} ± 2.00", line)
       self.assertIn("0/a2: 20.00 -> 18.00", report.seed_table(rows))
+      self.assertIn("## Across training and alignment seeds", report._seed_section(rows))
 
   def test_results_table_and_figures(self):
     import matplotlib
