@@ -60,6 +60,9 @@ class ConfigTest(parameterized.TestCase):
     # PPO visits make no new best after it); MetaWorld keeps the schema's 6 (test below).
     self.assertEqual(cfg.align.max_chunks, 12)
     self.assertGreater(cfg.align.max_chunks, schema.base_config().align.max_chunks)
+    # Nav1D's PPO models keep their candidates apart with the entropy bonus (measured over
+    # alignment seeds, BUILD_NOTES "How much one alignment run varies"); not the Q-gradient.
+    self.assertEqual(cfg.align.rl.entropy_coef, 0.0 if model == "diffuser" else 1.0)
     if model == "dp":
       cfg.align.dynamics_coef = 250.0
       with self.assertRaisesRegex(ValueError, "align.dynamics_coef=250.0 is invalid"):
@@ -74,6 +77,7 @@ class ConfigTest(parameterized.TestCase):
       # MetaWorld; MuJoCo shares `apply_model`); DD keeps PPO.
       self.assertEqual(cfg.align.rl.method, "qgrad" if arg == "diffuser" else "ppo")
       self.assertEqual(cfg.align.max_chunks, schema.base_config().align.max_chunks)
+      self.assertEqual(cfg.align.rl.entropy_coef, 0.0)  # not measured off Nav1D
       loop.validate_config(cfg)
 
   def test_the_critic_expectile_per_suite(self):
