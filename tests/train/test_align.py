@@ -158,14 +158,17 @@ class AlignJobTest(absltest.TestCase):
     c = smoke(stages=("rl",), eval_selections=("first",), max_chunks=1, min_chunks=1,
               guard_selections=("argmax",))
     real = align_lib.run_alignment
-    seen = []
+    seen, first = [], []
 
     def run_alignment(*args, evaluate, **kw):
       def fake(params, critic_params, key, n):
         m, r = evaluate(params, critic_params, key, n)
         seen.append(sorted(r))
-        if len(seen) == 2:  # after the RL visit: only the argmax controller loses
-          r = dict(r, **{"argmax/return": r["argmax/return"] - 100.0})
+        first.append(r)
+        if len(seen) == 2:  # after the RL visit: only the argmax controller loses (the
+          # sampler's own returns are held at the reference's, whatever the visit did)
+          r = dict(r, **{"return": first[0]["return"],
+                         "argmax/return": r["argmax/return"] - 100.0})
         return m, r
       return real(*args, evaluate=fake, **kw)
 
