@@ -108,11 +108,6 @@ def run_seeds(workdir) -> tuple:
   return int(config.get("seed", 0)), int(config.get("align", {}).get("seed", 0))
 
 
-def training_seed(workdir) -> int:
-  """The run's ``config.seed`` (``config.json``; 0 when the workdir has none)."""
-  return run_seeds(workdir)[0]
-
-
 def seed_label(row):
   """A run's seed in the tables: the training seed, or ``"S/aN"`` for training seed S
   re-aligned with ``align.seed = N``."""

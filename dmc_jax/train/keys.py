@@ -58,11 +58,8 @@ def align_keys(key, seed: int = 0) -> AlignKeys:
   so runs with different alignment seeds are measured on the same contexts and episodes.
   ``seed = 0`` gives the keys every earlier run used."""
   k = AlignKeys(*jax.random.split(key, 6))
-  if not seed:
-    return k
-  redraw = lambda x: redraw_key(x, seed)
-  return k._replace(init=redraw(k.init), update=redraw(k.update),
-                    contexts=redraw(k.contexts), online=redraw(k.online))
+  return k._replace(init=redraw_key(k.init, seed), update=redraw_key(k.update, seed),
+                    contexts=redraw_key(k.contexts, seed), online=redraw_key(k.online, seed))
 
 
 def eval_key(keys: JobKeys, index: int):
