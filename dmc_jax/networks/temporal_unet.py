@@ -4,6 +4,7 @@ Conv residual blocks (Conv1d -> GroupNorm -> Mish, twice, with the time embeddin
 between), stride-2 down-sampling and transposed-conv up-sampling over the horizon, skip
 connections, optional self-attention at the bottleneck.
 """
+import functools
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -31,7 +32,8 @@ class Conv1d(nn.Module):
   wide channels (the U-Net bottleneck: H=4, C=256, k=5 runs ~30-40x slower than the im2col
   matmul), while on longer sequences it beats im2col, whose backward scatters the columns
   back (forward + backward 1.2-1.9x faster at H >= k; BUILD_NOTES.md, issue #15). Both
-  paths compute the same convolution. Parameters have ``nn.Conv``'s shapes
+  paths compute the same convolution; the XLA path takes its kernel gradient as a matmul
+  (:func:`conv1d`). Parameters have ``nn.Conv``'s shapes
   (``kernel [k, in, out]``). ``padding`` is ``(k - 1) // 2`` before and ``k - 1 - that``
   after ("SAME" for odd k, PyTorch's ``k // 2`` rule).
   """
@@ -45,27 +47,75 @@ class Conv1d(nn.Module):
     b, h, c = x.shape
     k = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, c, self.features))
-    pad = (k - 1) // 2
-    if h >= k:
-      y = jax.lax.conv_general_dilated(x, kernel, (self.stride,), [(pad, k - 1 - pad)],
-                                       dimension_numbers=("NWC", "WIO", "NWC"))
-    else:
-      y = im2col_conv1d(x, kernel, self.stride)
+    y = conv1d(x, kernel, self.stride) if h >= k else im2col_conv1d(x, kernel, self.stride)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
 
 
-def im2col_conv1d(x, kernel, stride: int = 1):
-  """The convolution of :class:`Conv1d` as im2col + one matmul (``kernel [k, in, out]``)."""
-  b, h, c = x.shape
+def xla_conv1d(x, kernel, stride: int = 1):
+  """XLA's convolution with :class:`Conv1d`'s padding (``x [B, H, C]``, ``kernel [k, C, F]``)."""
   k = kernel.shape[0]
+  pad = (k - 1) // 2
+  return jax.lax.conv_general_dilated(x, kernel, (stride,), [(pad, k - 1 - pad)],
+                                      dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv1d(x, kernel, stride: int = 1):
+  """:func:`xla_conv1d` whose kernel gradient is one matmul, ``im2col(x)^T @ dy``.
+
+  XLA:CPU computes the kernel gradient of its convolution (a convolution that contracts
+  over the batch) ~20-70x slower inside a ``while`` loop than at the top level of a
+  program, and every training loop here is a ``lax.scan`` (pretraining and alignment
+  chunks, PPO's epochs): the U-Net's train step ran 4-11x slower there than alone
+  (BUILD_NOTES.md, issue #15, "Convolutions inside loops"). The matmul runs at the same
+  speed in and out of loops. The input gradient is written as a forward convolution of
+  the (dilated) output gradient, which XLA also runs at the same speed in loops.
+  """
+  return xla_conv1d(x, kernel, stride)
+
+
+def _conv1d_fwd(x, kernel, stride):
+  return xla_conv1d(x, kernel, stride), (x, kernel)
+
+
+def _conv1d_bwd(stride, res, dy):
+  x, kernel = res
+  k, c, f = kernel.shape
+  h = x.shape[1]
+  pad = (k - 1) // 2
+  # dx[m] = sum_j dy_dilated[m + pad - j] W[j]: a forward convolution of the stride-dilated
+  # dy with the flipped, transposed kernel (XLA's own transpose rule is ~2.5x slower in loops)
+  length = (dy.shape[1] - 1) * stride + 1
+  dx = jax.lax.conv_general_dilated(
+      dy, jnp.flip(kernel, 0).transpose(0, 2, 1), (1,), [(k - 1 - pad, h + pad - length)],
+      lhs_dilation=(stride,), dimension_numbers=("NWC", "WIO", "NWC"))
+  dk = im2col_columns(x, k, stride).T @ dy.reshape(-1, f)
+  return dx, dk.reshape(k, c, f)
+
+
+conv1d.defvjp(_conv1d_fwd, _conv1d_bwd)
+
+
+def im2col_columns(x, k: int, stride: int = 1):
+  """``[B * H_out, k * C]``: row ``(b, i)`` holds the ``k`` padded inputs that output ``i`` of
+  a :class:`Conv1d` sees (tap ``j`` in columns ``j * C ... (j + 1) * C``)."""
+  b, h, c = x.shape
   pad = (k - 1) // 2
   xp = jnp.pad(x, ((0, 0), (pad, k - 1 - pad), (0, 0)))
   h_out = (h - 1) // stride + 1
   cols = jnp.concatenate([xp[:, j:j + stride * (h_out - 1) + 1:stride] for j in range(k)], -1)
+  return cols.reshape(b * h_out, k * c)
+
+
+def im2col_conv1d(x, kernel, stride: int = 1):
+  """The convolution of :class:`Conv1d` as im2col + one matmul (``kernel [k, in, out]``)."""
+  b, h, _ = x.shape
+  k = kernel.shape[0]
+  h_out = (h - 1) // stride + 1
   # A 2-D matmul: XLA:CPU's backward of a 3-D dot_general is slow (see networks/dense.py).
-  y = cols.reshape(b * h_out, k * c) @ kernel.reshape(k * c, -1)
+  y = im2col_columns(x, k, stride) @ kernel.reshape(-1, kernel.shape[-1])
   return y.reshape(b, h_out, -1)
 
 

@@ -168,6 +168,28 @@ class ConvTest(parameterized.TestCase):
       for a, b in zip(g, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
+  @parameterized.parameters(1, 2)
+  def test_conv1d_custom_gradient_in_loops_and_twice(self, stride):
+    """``conv1d``'s hand-written kernel gradient against XLA's autodiff of the same conv: in a
+    ``lax.scan`` body (where the training loops run it), and differentiated twice."""
+    from dmc_jax.networks.temporal_unet import conv1d, xla_conv1d
+    x = jax.random.normal(jax.random.key(0), (3, 9, 4))
+    w = 0.3 * jax.random.normal(jax.random.key(1), (5, 4, 6))
+    loss = lambda f: (lambda w, x: jnp.sum(jnp.tanh(f(x, w, stride)) ** 2))
+
+    def descend(f):
+      def body(w, _):
+        return w - 0.1 * jax.grad(loss(f))(w, x), jnp.sum(w)
+      return jax.lax.scan(body, w, jnp.arange(3))
+    (w_a, s_a), (w_b, s_b) = jax.jit(lambda: descend(conv1d))(), jax.jit(
+        lambda: descend(xla_conv1d))()
+    self.assertGreater(float(jnp.max(jnp.abs(w_a - w))), 1e-3)  # the steps moved the kernel
+    np.testing.assert_allclose(w_a, w_b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s_a, s_b, rtol=1e-5)
+    # grad of a gradient norm: differentiates the custom backward itself
+    gg = lambda f: jax.grad(lambda w: jnp.sum(jax.grad(loss(f), (0, 1))(w, x)[1] ** 2))(w)
+    np.testing.assert_allclose(gg(conv1d), gg(xla_conv1d), rtol=1e-4, atol=1e-6)
+
   def test_upsample_matches_transposed_conv(self):
     """PyTorch ConvTranspose1d(k=4, s=2, p=1) == dilate input by 2, pad k-1-p=2, flip kernel."""
     from dmc_jax.networks.temporal_unet import Upsample1d
