@@ -62,12 +62,13 @@ flags.DEFINE_list("memory_k", ["1", "4", "all"], "memory case: gradient steps K 
 # (reference seconds [midpoint of the range], target speed-up).
 REFERENCE = {
     "unet/train/b64": (0.101, 1.3), "unet/train/b256": (0.2665, 1.3),
+    "unet/train_chunk/b64": (0.101, 1.3), "unet/train_chunk/b256": (0.2665, 1.3),
     "unet/sample/64x20/ddim": (0.54, 1.3), "unet/sample/64x20/ddpm": (0.54, 1.3),
     "unet/sample/16x20/ddim": (0.37, 2.0),
-    "dit/train/b256": (0.256, 1.3),
+    "dit/train/b256": (0.256, 1.3), "dit/train_chunk/b256": (0.256, 1.3),
     "dit/sample/256x5": (0.41, 1.3), "dit/sample/256x10": (0.86, 1.3),
     "dit/sample/256x20": (1.63, 1.3),
-    "mlp/train/b256": (0.031, 1.3),
+    "mlp/train/b256": (0.031, 1.3), "mlp/train_chunk/b256": (0.031, 1.3),
     "mlp/sample/256x5": (0.041, 1.3), "mlp/sample/256x10": (0.086, 1.3),
     "mlp/sample/256x20": (0.170, 1.3), "mlp/sample/1x20": (0.0111, 5.0),
     "mlp/sample/16x20": (0.0258, 2.0),
@@ -127,6 +128,28 @@ def _train_case(net, x, cond, sched, repeats):
   return params, fn, out
 
 
+TRAIN_CHUNK = 4  # steps per scanned chunk in the `train_chunk` cases
+
+
+def _train_chunk_case(net, params, x, cond, sched, repeats, n=TRAIN_CHUNK):
+  """The same train step as :func:`_train_case`, ``n`` of them in one ``lax.scan``, as the
+  pretraining and alignment loops run them; figures per step. XLA:CPU compiles some ops
+  differently inside a loop body (BUILD_NOTES, issue #15, "Convolutions inside loops")."""
+  fn = networks.make_denoise_fn(net)
+  loss_fn = lambda p, k, b: losses.diffusion_loss(p, k, b[0], b[1], denoise_fn=fn, sched=sched)
+  step = step_lib.make_train_step(loss_fn)
+  state = step_lib.create_train_state(jax.tree.map(jnp.copy, params), optax.adam(1e-4))
+
+  def chunk(state, key, batch):
+    def body(st, i):
+      st, _ = step(st, jax.random.fold_in(key, i), batch)
+      return st, None
+    return jax.lax.scan(body, state, jnp.arange(n))[0], None  # time_fn feeds out[0] back
+  compile_s, sec, flops = time_fn(chunk, (state, jax.random.key(1), (x, cond)), repeats,
+                                  donate=(0,))
+  return compile_s, sec / n, flops  # XLA's cost analysis counts a scan body once
+
+
 def forward_flops(fn, params, x, cond):
   """FLOPs of one denoiser call. XLA's cost analysis counts a ``scan`` body once, so a
   sampler's FLOPs are taken as ``steps * forward_flops``."""
@@ -148,6 +171,7 @@ def run_unet(repeats):
     x = jnp.ones((b, 32, 23))
     params, fn, out = _train_case(net, x, None, sched, repeats)
     res[f"unet/train/b{b}"] = out
+    res[f"unet/train_chunk/b{b}"] = _train_chunk_case(net, params, x, None, sched, repeats)
   n_params = networks.param_count(params)
   for n, kind in ((64, "ddim"), (64, "ddpm"), (16, "ddim")):
     sampler = (ddim.make_ddim_sampler(fn, sched, 20) if kind == "ddim"
@@ -162,7 +186,8 @@ def run_dit(repeats):
   sched = schedules.make_cosine_schedule(20)
   x, cond = jnp.ones((256, 8, 6)), jnp.ones((256, 17))
   params, fn, out = _train_case(net, x, cond, sched, repeats)
-  res = {"dit/train/b256": out}
+  res = {"dit/train/b256": out,
+         "dit/train_chunk/b256": _train_chunk_case(net, params, x, cond, sched, repeats)}
   for s in (5, 10, 20):
     res[f"dit/sample/256x{s}"] = _sample_case(ddim.make_ddim_sampler(fn, sched, s), fn, params,
                                               x, cond, s, repeats)
@@ -178,7 +203,8 @@ def run_mlp(repeats):
   sched = schedules.make_cosine_schedule(20)
   x, cond = jnp.ones((256, 6)), jnp.ones((256, 17))
   params, fn, out = _train_case(net, x, cond, sched, repeats)
-  res = {"mlp/train/b256": out}
+  res = {"mlp/train/b256": out,
+         "mlp/train_chunk/b256": _train_chunk_case(net, params, x, cond, sched, repeats)}
   for n, s in ((256, 5), (256, 10), (256, 20), (1, 20), (16, 20)):
     res[f"mlp/sample/{n}x{s}"] = _sample_case(ddim.make_ddim_sampler(fn, sched, s), fn, params,
                                               jnp.ones((n, 6)), jnp.ones((n, 17)), s, repeats)
