@@ -115,39 +115,32 @@ def matmul_peak(repeats=10):
   return 2 * 1024 ** 3 / sec
 
 
-def _train_case(net, x, cond, sched, repeats):
+TRAIN_CHUNK = 4  # steps per scanned chunk in the `train_chunk` cases
+
+
+def _train_case(net, x, cond, sched, repeats, n=TRAIN_CHUNK):
+  """``(params, fn, alone, chunk)``: the train step jitted alone, and ``n`` of them in one
+  ``lax.scan`` as the pretraining and alignment loops run them (figures per step; XLA:CPU
+  compiles some ops differently inside a loop body: BUILD_NOTES, issue #15, "Convolutions
+  inside loops")."""
   params = net.init(jax.random.key(0), x, jnp.zeros(x.shape[:1]), cond)["params"]
   fn = networks.make_denoise_fn(net)
   loss_fn = lambda p, k, b: losses.diffusion_loss(p, k, b[0], b[1], denoise_fn=fn, sched=sched)
   step = step_lib.make_train_step(loss_fn)
   # A copy: the train state is donated, and the sampling cases reuse `params`.
-  state = step_lib.create_train_state(jax.tree.map(jnp.copy, params), optax.adam(1e-4))
+  new_state = lambda: step_lib.create_train_state(jax.tree.map(jnp.copy, params),
+                                                  optax.adam(1e-4))
   # The whole new state is returned (and donated): timing only the loss would let XLA drop
   # the backward pass and the update.
-  out = time_fn(step, (state, jax.random.key(1), (x, cond)), repeats, donate=(0,))
-  return params, fn, out
-
-
-TRAIN_CHUNK = 4  # steps per scanned chunk in the `train_chunk` cases
-
-
-def _train_chunk_case(net, params, x, cond, sched, repeats, n=TRAIN_CHUNK):
-  """The same train step as :func:`_train_case`, ``n`` of them in one ``lax.scan``, as the
-  pretraining and alignment loops run them; figures per step. XLA:CPU compiles some ops
-  differently inside a loop body (BUILD_NOTES, issue #15, "Convolutions inside loops")."""
-  fn = networks.make_denoise_fn(net)
-  loss_fn = lambda p, k, b: losses.diffusion_loss(p, k, b[0], b[1], denoise_fn=fn, sched=sched)
-  step = step_lib.make_train_step(loss_fn)
-  state = step_lib.create_train_state(jax.tree.map(jnp.copy, params), optax.adam(1e-4))
+  alone = time_fn(step, (new_state(), jax.random.key(1), (x, cond)), repeats, donate=(0,))
 
   def chunk(state, key, batch):
     def body(st, i):
-      st, _ = step(st, jax.random.fold_in(key, i), batch)
-      return st, None
+      return step(st, jax.random.fold_in(key, i), batch)[0], None
     return jax.lax.scan(body, state, jnp.arange(n))[0], None  # time_fn feeds out[0] back
-  compile_s, sec, flops = time_fn(chunk, (state, jax.random.key(1), (x, cond)), repeats,
+  compile_s, sec, flops = time_fn(chunk, (new_state(), jax.random.key(1), (x, cond)), repeats,
                                   donate=(0,))
-  return compile_s, sec / n, flops  # XLA's cost analysis counts a scan body once
+  return params, fn, alone, (compile_s, sec / n, flops)  # cost analysis: a scan body once
 
 
 def forward_flops(fn, params, x, cond):
@@ -169,9 +162,8 @@ def run_unet(repeats):
   res = {}
   for b in (64, 256):
     x = jnp.ones((b, 32, 23))
-    params, fn, out = _train_case(net, x, None, sched, repeats)
-    res[f"unet/train/b{b}"] = out
-    res[f"unet/train_chunk/b{b}"] = _train_chunk_case(net, params, x, None, sched, repeats)
+    params, fn, res[f"unet/train/b{b}"], res[f"unet/train_chunk/b{b}"] = _train_case(
+        net, x, None, sched, repeats)
   n_params = networks.param_count(params)
   for n, kind in ((64, "ddim"), (64, "ddpm"), (16, "ddim")):
     sampler = (ddim.make_ddim_sampler(fn, sched, 20) if kind == "ddim"
@@ -185,9 +177,8 @@ def run_dit(repeats):
   net = networks.DiT1D(d_model=320, num_heads=10, depth=2)
   sched = schedules.make_cosine_schedule(20)
   x, cond = jnp.ones((256, 8, 6)), jnp.ones((256, 17))
-  params, fn, out = _train_case(net, x, cond, sched, repeats)
-  res = {"dit/train/b256": out,
-         "dit/train_chunk/b256": _train_chunk_case(net, params, x, cond, sched, repeats)}
+  params, fn, alone, chunk = _train_case(net, x, cond, sched, repeats)
+  res = {"dit/train/b256": alone, "dit/train_chunk/b256": chunk}
   for s in (5, 10, 20):
     res[f"dit/sample/256x{s}"] = _sample_case(ddim.make_ddim_sampler(fn, sched, s), fn, params,
                                               x, cond, s, repeats)
@@ -202,9 +193,8 @@ def run_mlp(repeats):
   net = _mlp()
   sched = schedules.make_cosine_schedule(20)
   x, cond = jnp.ones((256, 6)), jnp.ones((256, 17))
-  params, fn, out = _train_case(net, x, cond, sched, repeats)
-  res = {"mlp/train/b256": out,
-         "mlp/train_chunk/b256": _train_chunk_case(net, params, x, cond, sched, repeats)}
+  params, fn, alone, chunk = _train_case(net, x, cond, sched, repeats)
+  res = {"mlp/train/b256": alone, "mlp/train_chunk/b256": chunk}
   for n, s in ((256, 5), (256, 10), (256, 20), (1, 20), (16, 20)):
     res[f"mlp/sample/{n}x{s}"] = _sample_case(ddim.make_ddim_sampler(fn, sched, s), fn, params,
                                               jnp.ones((n, 6)), jnp.ones((n, 17)), s, repeats)
