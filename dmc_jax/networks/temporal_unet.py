@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from dmc_jax.networks.dense import Dense
 from dmc_jax.networks.embeddings import CondEmbedding, TimeEmbedding, mish
+from dmc_jax.networks.norm import GroupNorm
 
 
 def check_horizon(horizon: int, dim_mults: Sequence[int]) -> None:
@@ -146,7 +147,7 @@ class Conv1dBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = Conv1d(self.features, self.kernel_size)(x)
-    x = nn.GroupNorm(num_groups=self.groups)(x)
+    x = GroupNorm(num_groups=self.groups)(x)
     return mish(x)
 
 
@@ -170,7 +171,7 @@ class SelfAttention1d(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, d = x.shape
-    y = nn.GroupNorm(num_groups=min(8, d))(x)
+    y = GroupNorm(num_groups=min(8, d))(x)
     qkv = Dense(3 * d, use_bias=False)(y).reshape(b, h, 3, self.heads, d // self.heads)
     out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
     return x + Dense(d)(out.reshape(b, h, d))
