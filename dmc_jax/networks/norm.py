@@ -12,9 +12,10 @@ class GroupNorm(nn.Module):
   Statistics are sums over the middle axes first (``[B, C]``, contiguous in ``C``), then
   over each group's channels on the small ``[B, C]`` arrays, and the output is one
   elementwise pass with per-``(b, c)`` coefficients. ``nn.GroupNorm`` reduces over a
-  ``[B, H, G, C/G]`` view with non-adjacent axes; on XLA:CPU its forward + backward pass
-  inside a ``lax.scan`` takes 1.1-2.8x as long as this one's (BUILD_NOTES.md, issue #15,
-  "Group normalisation in fewer passes"). Plain ``jnp``: every order of autodiff works.
+  ``[B, H, G, C/G]`` view with non-adjacent axes; on XLA:CPU its backward pass inside a
+  ``lax.scan`` takes up to 2x as long as this one's, its forward up to 3x (BUILD_NOTES.md,
+  issue #15, "Group normalisation in fewer passes"). Plain ``jnp``: every order of
+  autodiff works.
   """
   num_groups: int = 8
   epsilon: float = 1e-6

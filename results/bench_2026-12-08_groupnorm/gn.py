@@ -1,15 +1,9 @@
-import time, jax, jax.numpy as jnp, numpy as np, flax.linen as nn, sys
-def t_loop(f, *args, n=50):
-  @jax.jit
-  def loop(args):
-    def body(c, i):
-      out = f(*jax.tree.map(lambda a: a + 0 * i.astype(a.dtype), c))
-      return c, sum(jnp.sum(l) for l in jax.tree.leaves(out))
-    return jax.lax.scan(body, args, jnp.arange(n))[1]
-  jax.block_until_ready(loop(args)); ts = []
-  for _ in range(3):
-    t = time.perf_counter(); jax.block_until_ready(loop(args)); ts.append(time.perf_counter() - t)
-  return 1e3 * min(ts) / n
+import functools
+import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+from _loop import t_loop
+from dmc_jax.networks.norm import group_norm
+
+r = np.random.default_rng(0)
 
 def gn_plain(x, scale, bias, groups=8, eps=1e-5):
   b, h, c = x.shape
@@ -20,16 +14,6 @@ def gn_plain(x, scale, bias, groups=8, eps=1e-5):
   return y.reshape(b, h, c) * scale + bias
 
 r = np.random.default_rng(0)
-for (B, H, C) in [(256, 32, 32), (256, 16, 64), (256, 4, 256)]:
-  x = jnp.asarray(r.standard_normal((B, H, C)), jnp.float32)
-  dy = jnp.asarray(r.standard_normal((B, H, C)), jnp.float32)
-  gn = nn.GroupNorm(num_groups=8); p = gn.init(jax.random.key(0), x)
-  s, bb = p["params"]["scale"], p["params"]["bias"]
-  fl = lambda x, s, bb: gn.apply({"params": {"scale": s, "bias": bb}}, x)
-  print((B, H, C),
-        "flax fwd %.3f vjp %.3f" % (t_loop(fl, x, s, bb), t_loop(lambda x, s, bb: jax.vjp(fl, x, s, bb)[1](dy), x, s, bb)),
-        "plain fwd %.3f vjp %.3f" % (t_loop(gn_plain, x, s, bb), t_loop(lambda x, s, bb: jax.vjp(gn_plain, x, s, bb)[1](dy), x, s, bb)),
-        "copy %.3f" % t_loop(lambda x: x * 2.0, x))
 
 def gn_v1(x, scale, bias, groups=8, eps=1e-5):
   b, h, c = x.shape
@@ -44,19 +28,7 @@ def gn_v1(x, scale, bias, groups=8, eps=1e-5):
   d = bias - jnp.repeat(mean, cg, -1) * a
   return x * a[:, None] + d[:, None]
 
-print("v1")
-for (B, H, C) in [(256, 32, 32), (256, 16, 64), (256, 4, 256)]:
-  x = jnp.asarray(r.standard_normal((B, H, C)) * 2 + 1, jnp.float32)
-  dy = jnp.asarray(r.standard_normal((B, H, C)), jnp.float32)
-  gn = nn.GroupNorm(num_groups=8); p = gn.init(jax.random.key(0), x)
-  s, bb = p["params"]["scale"] * 1.3, p["params"]["bias"] + 0.2
-  fl = lambda x, s, bb: gn.apply({"params": {"scale": s, "bias": bb}}, x)
-  e1 = jnp.max(jnp.abs(fl(x, s, bb) - gn_v1(x, s, bb)))
-  g1 = jax.vjp(fl, x, s, bb)[1](dy); g2 = jax.vjp(gn_v1, x, s, bb)[1](dy)
-  e2 = max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(g1, g2))
-  print((B, H, C), "v1 fwd %.3f vjp %.3f" % (t_loop(gn_v1, x, s, bb), t_loop(lambda x, s, bb: jax.vjp(gn_v1, x, s, bb)[1](dy), x, s, bb)), "err", float(e1), e2)
 
-import functools
 def _sel(h, c, groups):
   return jnp.asarray(np.kron(np.ones((h, 1)), np.kron(np.eye(groups), np.ones((c // groups, 1)))), jnp.float32)  # [h*c, G]
 
@@ -99,18 +71,6 @@ gn_v2.defvjp(lambda x, s, bb, groups, eps: _gn_fwd(x, s, bb, groups, eps), _gn_b
 def stats_mm(x, scale, bias, groups=8, eps=1e-5):   # autodiff of the matmul-stats forward
   return _gn_fwd(x, scale, bias, groups, eps)[0]
 
-for name, f in [("v2 custom", gn_v2), ("v3 mm-stats autodiff", stats_mm)]:
-  print(name)
-  for (B, H, C) in [(256, 32, 32), (256, 16, 64), (256, 4, 256)]:
-    x = jnp.asarray(r.standard_normal((B, H, C)) * 2 + 1, jnp.float32)
-    dy = jnp.asarray(r.standard_normal((B, H, C)), jnp.float32)
-    gn = nn.GroupNorm(num_groups=8); p = gn.init(jax.random.key(0), x)
-    s, bb = p["params"]["scale"] * 1.3, p["params"]["bias"] + 0.2
-    fl = lambda x, s, bb: gn.apply({"params": {"scale": s, "bias": bb}}, x)
-    e1 = jnp.max(jnp.abs(fl(x, s, bb) - f(x, s, bb)))
-    g1 = jax.vjp(fl, x, s, bb)[1](dy); g2 = jax.vjp(f, x, s, bb)[1](dy)
-    e2 = [float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(u))) for u, v in zip(g1, g2)]
-    print((B, H, C), "fwd %.3f vjp %.3f" % (t_loop(f, x, s, bb), t_loop(lambda x, s, bb: jax.vjp(f, x, s, bb)[1](dy), x, s, bb)), "err", float(e1), e2)
 
 def _gsum(v, groups):  # [B, C] -> [B, G]
   b, c = v.shape
@@ -145,15 +105,22 @@ def gn_v4(x, scale, bias, groups=8, eps=1e-5):
   return _fwd4(x, scale, bias, groups, eps)[0]
 gn_v4.defvjp(lambda x, s, bb, groups, eps: _fwd4(x, s, bb, groups, eps), _bwd4)
 
-for name, f in [("v4 custom axis1", gn_v4), ("v1 again", gn_v1)]:
-  print(name)
-  for (B, H, C) in [(256, 32, 32), (256, 16, 64), (256, 4, 256), (64, 32, 32)]:
-    x = jnp.asarray(r.standard_normal((B, H, C)) * 2 + 1, jnp.float32)
-    dy = jnp.asarray(r.standard_normal((B, H, C)), jnp.float32)
-    gn = nn.GroupNorm(num_groups=8); p = gn.init(jax.random.key(0), x)
-    s, bb = p["params"]["scale"] * 1.3, p["params"]["bias"] + 0.2
-    fl = lambda x, s, bb: gn.apply({"params": {"scale": s, "bias": bb}}, x)
-    e1 = jnp.max(jnp.abs(fl(x, s, bb) - f(x, s, bb)))
-    g1 = jax.vjp(fl, x, s, bb)[1](dy); g2 = jax.vjp(f, x, s, bb)[1](dy)
-    e2 = [float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(u))) for u, v in zip(g1, g2)]
-    print((B, H, C), "flax vjp %.3f  fwd %.3f vjp %.3f" % (t_loop(lambda x, s, bb: jax.vjp(fl, x, s, bb)[1](dy), x, s, bb), t_loop(f, x, s, bb), t_loop(lambda x, s, bb: jax.vjp(f, x, s, bb)[1](dy), x, s, bb)), "err", float(e1), e2)
+
+
+VARIANTS = [("plain (flax's view)", gn_plain), ("v1 axis-1 sums, autodiff", gn_v1),
+            ("dmc_jax.networks.norm (kept)", lambda x, s, b: group_norm(x, s, b, 8, 1e-5)),
+            ("v2 matmul stats, custom VJP", gn_v2), ("v3 matmul stats, autodiff", stats_mm),
+            ("v4 axis-1 sums, custom VJP", gn_v4)]
+for (B, H, C) in [(256, 32, 32), (256, 16, 64), (256, 4, 256), (64, 32, 32)]:
+  x = jnp.asarray(r.standard_normal((B, H, C)) * 2 + 1, jnp.float32)
+  dy = jnp.asarray(r.standard_normal((B, H, C)), jnp.float32)
+  gn = nn.GroupNorm(num_groups=8, epsilon=1e-5); p = gn.init(jax.random.key(0), x)
+  s, bb = p["params"]["scale"] * 1.3, p["params"]["bias"] + 0.2
+  fl = lambda x, s, bb: gn.apply({"params": {"scale": s, "bias": bb}}, x)
+  vjp_ms = lambda f: t_loop(lambda x, s, bb: jax.vjp(f, x, s, bb)[1](dy), x, s, bb)
+  print((B, H, C), "nn.GroupNorm fwd %.3f vjp %.3f ms" % (t_loop(fl, x, s, bb), vjp_ms(fl)))
+  g_ref = jax.vjp(fl, x, s, bb)[1](dy)
+  for name, f in VARIANTS:
+    err = max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(u)))
+              for u, v in zip(g_ref, jax.vjp(f, x, s, bb)[1](dy)))
+    print(f"  {name:34s} fwd {t_loop(f, x, s, bb):.3f} vjp {vjp_ms(f):.3f} ms  rel. grad err {err:.1e}")

@@ -1,3 +1,4 @@
+from _loop import t_loop
 import time, jax, jax.numpy as jnp, numpy as np
 from dmc_jax.networks.embeddings import mish as mish_old
 
@@ -21,17 +22,6 @@ def _mish_jvp(primals, tangents):
   d = jnp.where(x > 20.0, 1.0, t + x * (1.0 - t * t) * (e / (1.0 + e)))
   return y, d * dx
 
-def t_loop(f, *args, n=200):
-  @jax.jit
-  def loop(args):
-    def body(c, i):
-      out = f(*jax.tree.map(lambda a: a + 0 * i.astype(a.dtype), c))
-      return c, sum(jnp.sum(l) for l in jax.tree.leaves(out))
-    return jax.lax.scan(body, args, jnp.arange(n))[1]
-  jax.block_until_ready(loop(args)); ts = []
-  for _ in range(3):
-    t = time.perf_counter(); jax.block_until_ready(loop(args)); ts.append(time.perf_counter() - t)
-  return 1e3 * min(ts) / n
 r = np.random.default_rng(0)
 x = jnp.asarray(r.standard_normal((10, 256, 128)) * 3, jnp.float32)
 c = jnp.asarray(r.standard_normal((10, 256, 128)), jnp.float32)

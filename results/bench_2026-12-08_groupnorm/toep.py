@@ -1,16 +1,6 @@
+from _loop import t_loop
 import time, jax, jax.numpy as jnp, numpy as np
 from dmc_jax.networks.temporal_unet import im2col_conv1d, xla_conv1d
-def t_loop(f, *args, n=50):
-  @jax.jit
-  def loop(args):
-    def body(c, i):
-      out = f(*jax.tree.map(lambda a: a + 0 * i.astype(a.dtype), c))
-      return c, sum(jnp.sum(l) for l in jax.tree.leaves(out))
-    return jax.lax.scan(body, args, jnp.arange(n))[1]
-  jax.block_until_ready(loop(args)); ts = []
-  for _ in range(3):
-    t = time.perf_counter(); jax.block_until_ready(loop(args)); ts.append(time.perf_counter() - t)
-  return 1e3 * min(ts) / n
 
 def toeplitz_conv1d(x, kernel, stride=1):
   """stride 1 only here: y[b,i] = sum_m x[b,m] W[m - i + pad]"""
